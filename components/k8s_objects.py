@@ -1,0 +1,59 @@
+"""Declare a Kubernetes object from a manifest dict built by a pure builder.
+
+Builders return plain manifests (what ``kubectl apply`` would take) so the same dicts
+are unit-tested, dry-run against a real API server and declared here. Known kinds map
+to pulumi-kubernetes' typed classes; anything else (Karpenter, Prometheus Operator) is
+a CustomResource.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from typing import Any
+
+import pulumi
+import pulumi_kubernetes as k8s
+
+Manifest = dict[str, Any]
+
+_TYPED: dict[tuple[str, str], Callable[..., pulumi.CustomResource]] = {
+    ("v1", "Namespace"): k8s.core.v1.Namespace,
+    ("v1", "ServiceAccount"): k8s.core.v1.ServiceAccount,
+    ("v1", "ConfigMap"): k8s.core.v1.ConfigMap,
+    ("v1", "Secret"): k8s.core.v1.Secret,
+    ("v1", "Service"): k8s.core.v1.Service,
+    ("apps/v1", "Deployment"): k8s.apps.v1.Deployment,
+    ("apps/v1", "DaemonSet"): k8s.apps.v1.DaemonSet,
+    ("policy/v1", "PodDisruptionBudget"): k8s.policy.v1.PodDisruptionBudget,
+    ("networking.k8s.io/v1", "Ingress"): k8s.networking.v1.Ingress,
+    ("networking.k8s.io/v1", "NetworkPolicy"): k8s.networking.v1.NetworkPolicy,
+    ("rbac.authorization.k8s.io/v1", "Role"): k8s.rbac.v1.Role,
+    ("rbac.authorization.k8s.io/v1", "RoleBinding"): k8s.rbac.v1.RoleBinding,
+    ("rbac.authorization.k8s.io/v1", "ClusterRole"): k8s.rbac.v1.ClusterRole,
+    ("rbac.authorization.k8s.io/v1", "ClusterRoleBinding"): k8s.rbac.v1.ClusterRoleBinding,
+    ("scheduling.k8s.io/v1", "PriorityClass"): k8s.scheduling.v1.PriorityClass,
+}
+
+
+def _snake(key: str) -> str:
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", key).lower()
+
+
+def resource_name(manifest: Manifest) -> str:
+    """A stable Pulumi name: kind, namespace and name, as unique as the object itself."""
+    meta = manifest["metadata"]
+    parts = [manifest["kind"].lower(), meta.get("namespace", ""), meta["name"]]
+    return "-".join(part for part in parts if part)
+
+
+def declare(manifest: Manifest, opts: pulumi.ResourceOptions) -> pulumi.CustomResource:
+    api_version, kind = manifest["apiVersion"], manifest["kind"]
+    body = {key: value for key, value in manifest.items() if key not in ("apiVersion", "kind")}
+    typed = _TYPED.get((api_version, kind))
+    name = resource_name(manifest)
+    if typed is None:
+        return k8s.apiextensions.CustomResource(
+            name, api_version=api_version, kind=kind, opts=opts, **body
+        )
+    return typed(name, opts=opts, **{_snake(key): value for key, value in body.items()})

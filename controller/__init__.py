@@ -1,0 +1,1 @@
+"""The runtime half: the controller deployed into the cluster. Never imports Pulumi."""

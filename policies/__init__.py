@@ -1,0 +1,1 @@
+"""The runner-platform CrossGuard policy pack (run with ``--policy-pack policies``)."""

@@ -1,0 +1,24 @@
+"""The platform's invariants as CrossGuard resource policies.
+
+Each rule module exposes policy objects; :data:`ALL_POLICIES` is the pack. Rules read
+``args.props`` in the engine's wire form (camelCase) and treat a value that is not known
+yet (a preview of a computed value) as something they cannot judge, not as a pass.
+"""
+
+from pulumi_policy import Policy
+
+from policies.rules.iam import github_oidc_trust, no_iam_users, role_session_limit
+from policies.rules.karpenter import nodeclass_runner_cap, nodepool_limits
+from policies.rules.network import cilium_encryption, eks_endpoint_not_open
+from policies.rules.vault import vault_token_ttl
+
+ALL_POLICIES: list[Policy] = [
+    github_oidc_trust,
+    no_iam_users,
+    role_session_limit,
+    nodepool_limits,
+    nodeclass_runner_cap,
+    cilium_encryption,
+    eks_endpoint_not_open,
+    vault_token_ttl,
+]

@@ -1,0 +1,44 @@
+"""Small helpers shared by the rules: JSON documents and nested lookups."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+
+def as_document(value: Any) -> dict[str, Any] | None:
+    """An IAM document given as JSON text or a mapping; None when it is not known yet."""
+    if isinstance(value, Mapping):
+        return dict(value)
+    if isinstance(value, str):
+        try:
+            parsed = json.loads(value)
+        except ValueError:
+            return None
+        return parsed if isinstance(parsed, dict) else None
+    return None
+
+
+def as_list(value: Any) -> list[Any]:
+    if value is None:
+        return []
+    if isinstance(value, list | tuple):
+        return list(value)
+    return [value]
+
+
+def dig(value: Any, *path: str) -> Any:
+    """``value[path[0]][path[1]]...`` or None where any step is missing."""
+    for key in path:
+        if not isinstance(value, Mapping) or key not in value:
+            return None
+        value = value[key]
+    return value
+
+
+def as_int(value: Any) -> int | None:
+    """Numbers cross the engine's wire as doubles (protobuf Struct): 14.0 means 14."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return int(value) if float(value).is_integer() else None

@@ -1,0 +1,88 @@
+"""Karpenter: every NodePool is bounded; runner nodes cap pods and block pod IMDS access."""
+
+from __future__ import annotations
+
+from pulumi_policy import (
+    EnforcementLevel,
+    PolicyConfigSchema,
+    ReportViolation,
+    ResourceValidationArgs,
+    ResourceValidationPolicy,
+)
+
+from policies.rules.common import as_int, dig
+
+NODE_POOL = "kubernetes:karpenter.sh/v1:NodePool"
+NODE_CLASS = "kubernetes:karpenter.k8s.aws/v1:EC2NodeClass"
+MAX_RUNNERS = 10
+ANNOTATION_MAX_RUNNERS = "runner-platform.io/max-runners"
+ANNOTATION_DAEMONSET_PODS = "runner-platform.io/daemonset-pods"
+
+
+def _validate_limits(args: ResourceValidationArgs, report: ReportViolation) -> None:
+    if args.resource_type != NODE_POOL:
+        return
+    limits = dig(args.props, "spec", "limits")
+    if not isinstance(limits, dict) or not limits:
+        report("NodePool has no spec.limits: it could grow without bound", None)
+        return
+    missing = [key for key in ("cpu", "memory") if key not in limits]
+    if missing:
+        report(f"NodePool spec.limits lacks {missing}", None)
+
+
+nodepool_limits = ResourceValidationPolicy(
+    name="nodepool-has-limits",
+    description="Every Karpenter NodePool sets cpu and memory limits.",
+    enforcement_level=EnforcementLevel.MANDATORY,
+    validate=_validate_limits,
+)
+
+
+def _validate_node_class(args: ResourceValidationArgs, report: ReportViolation) -> None:
+    if args.resource_type != NODE_CLASS:
+        return
+    allowance = int(args.get_config().get("maxDaemonSetPods", 8))
+    spec = args.props.get("spec") if isinstance(args.props.get("spec"), dict) else {}
+    max_pods = as_int(dig(spec, "kubelet", "maxPods"))
+    annotations = dig(args.props, "metadata", "annotations") or {}
+    if max_pods is None:
+        report("EC2NodeClass has no spec.kubelet.maxPods: the per-node runner cap is unset", None)
+    else:
+        try:
+            daemonsets = int(annotations.get(ANNOTATION_DAEMONSET_PODS, allowance))
+            runners = int(annotations.get(ANNOTATION_MAX_RUNNERS, max_pods - daemonsets))
+        except (TypeError, ValueError):
+            report("EC2NodeClass runner-platform.io annotations are not integers", None)
+            return
+        if daemonsets > allowance:
+            report(f"{daemonsets} DaemonSet pods declared; the allowance is {allowance}", None)
+        if runners > MAX_RUNNERS:
+            report(f"{runners} runners per node; at most {MAX_RUNNERS}", None)
+        if max_pods > min(runners, MAX_RUNNERS) + min(daemonsets, allowance):
+            report(
+                f"kubelet.maxPods is {max_pods}; at most {MAX_RUNNERS} runners + "
+                f"{min(daemonsets, allowance)} DaemonSet pods",
+                None,
+            )
+    hops = as_int(dig(spec, "metadataOptions", "httpPutResponseHopLimit"))
+    if hops != 1:
+        report(
+            f"metadataOptions.httpPutResponseHopLimit is {hops}; must be 1 so pods "
+            "cannot reach the node's instance metadata",
+            None,
+        )
+    if dig(spec, "metadataOptions", "httpTokens") != "required":
+        report("metadataOptions.httpTokens must be 'required' (IMDSv2 only)", None)
+
+
+nodeclass_runner_cap = ResourceValidationPolicy(
+    name="nodeclass-runner-cap-and-imds",
+    description="Runner EC2NodeClasses cap pods at 10 runners plus DaemonSets and keep "
+    "instance metadata out of pods' reach (IMDSv2, hop limit 1).",
+    enforcement_level=EnforcementLevel.MANDATORY,
+    validate=_validate_node_class,
+    config_schema=PolicyConfigSchema(
+        properties={"maxDaemonSetPods": {"type": "integer", "default": 8, "minimum": 0}}
+    ),
+)
