@@ -582,20 +582,25 @@ class PlatformSpec(Frozen):
         return self
 
     def _repository_overlaps(self) -> list[str]:
-        """A repository belongs to one team: OIDC maps a token's repository to one role."""
+        """A repository belongs to one team: OIDC maps a token's repository to one role.
+
+        Exact duplicates and a literal name matched by another team's glob are refused;
+        two globs that merely could overlap are not decidable here and are allowed.
+        """
         problems: list[str] = []
         for t_index, team in enumerate(self.teams):
             for r_index, repo in enumerate(team.repositories):
                 literal = not any(ch in repo for ch in "*?[")
-                for other in self.teams[:t_index]:
-                    if other.instance != team.instance:
+                for o_index, other in enumerate(self.teams):
+                    if o_index == t_index or other.instance != team.instance:
                         continue
-                    if repo.lower() in (r.lower() for r in other.repositories) or (
-                        literal and other.claims_repository(repo)
+                    duplicate = repo.lower() in (r.lower() for r in other.repositories)
+                    if (duplicate and o_index < t_index) or (
+                        not duplicate and literal and other.claims_repository(repo)
                     ):
                         problems.append(
-                            f"teams[{t_index}].repositories[{r_index}]: '{repo}' already "
-                            f"belongs to team '{other.name}'"
+                            f"teams[{t_index}].repositories[{r_index}]: '{repo}' is also "
+                            f"claimed by team '{other.name}'"
                         )
         return problems
 

@@ -81,9 +81,7 @@ def _validate_trust(args: ResourceValidationArgs, report: ReportViolation) -> No
                 "repository on GitHub could assume it",
                 None,
             )
-            continue
-        broad = [s for s in subjects if too_broad(s)]
-        if broad:
+        elif broad := [s for s in subjects if too_broad(s)]:
             report(f"trusts GitHub OIDC subjects that match any owner: {broad}", None)
         audiences = _condition_values(statement, ":aud")
         if not audiences:

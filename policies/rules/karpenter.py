@@ -51,15 +51,17 @@ def _validate_node_class(args: ResourceValidationArgs, report: ReportViolation) 
     else:
         try:
             daemonsets = int(annotations.get(ANNOTATION_DAEMONSET_PODS, allowance))
-            runners = int(annotations.get(ANNOTATION_MAX_RUNNERS, max_pods - daemonsets))
+            runners = annotations.get(ANNOTATION_MAX_RUNNERS)
+            runners = None if runners is None else int(runners)
         except (TypeError, ValueError):
             report("EC2NodeClass runner-platform.io annotations are not integers", None)
             return
         if daemonsets > allowance:
             report(f"{daemonsets} DaemonSet pods declared; the allowance is {allowance}", None)
-        if runners > MAX_RUNNERS:
+        if runners is not None and runners > MAX_RUNNERS:
             report(f"{runners} runners per node; at most {MAX_RUNNERS}", None)
-        if max_pods > min(runners, MAX_RUNNERS) + min(daemonsets, allowance):
+        cap = MAX_RUNNERS + min(daemonsets, allowance)
+        if max_pods > cap:
             report(
                 f"kubelet.maxPods is {max_pods}; at most {MAX_RUNNERS} runners + "
                 f"{min(daemonsets, allowance)} DaemonSet pods",

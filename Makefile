@@ -1,0 +1,46 @@
+# runner-platform — every task a developer or CI runs. The venv installs itself.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | sha256sum | cut -c1-12)
+STACK ?= dev
+
+.PHONY: setup plan check lint typecheck contracts test schema docs clean
+
+$(STAMP): pyproject.toml constraints.txt
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python >= 3.11 is required")'
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@rm -f $(VENV)/.installed-*
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet --constraint constraints.txt --editable '.[dev]'
+	@touch $@
+
+setup: $(STAMP) ## Create the virtualenv and install everything
+
+plan: $(STAMP) ## What STACK would create, and the policy verdict (no cloud access)
+	$(PY) -m localenv.plan --stack $(STACK)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+typecheck: $(STAMP)
+	$(VENV)/bin/mypy
+
+contracts: $(STAMP)
+	$(VENV)/bin/lint-imports
+
+test: $(STAMP)
+	$(VENV)/bin/pytest
+
+check: lint typecheck contracts test ## Everything CI runs: lint, types, layers, tests
+
+schema: $(STAMP) ## Regenerate the JSON Schema of the stack config
+	$(PY) -m controller.schema json > docs/schema/platform-spec.schema.json
+
+docs: schema ## Regenerate the configuration reference
+	$(PY) -m controller.schema markdown > docs/configuration.md
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

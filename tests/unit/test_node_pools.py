@@ -1,0 +1,129 @@
+"""Node pools: the per-node runner cap, placement rules and warm capacity."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from components import node_pools as np
+from controller.model import PlatformSpec, load_spec
+
+
+def test_max_pods_is_runners_plus_the_daemonsets_on_that_pool(dev_spec: PlatformSpec) -> None:
+    assert np.daemonset_pods(dev_spec, dev_spec.pool("warm")) == [
+        "aws-node",
+        "kube-proxy",
+        "cilium",
+        "cilium-envoy",
+        "prepull-warm",
+    ]
+    assert np.max_pods(dev_spec, dev_spec.pool("warm")) == 10 + 5
+    assert np.max_pods(dev_spec, dev_spec.pool("ml-isolated")) == 10 + 4
+    assert np.daemonset_pods(dev_spec, dev_spec.pool("gpu"))[-1] == "nvidia-device-plugin"
+    assert np.max_pods(dev_spec, dev_spec.pool("gpu")) == 4 + 5
+
+
+def test_eni_mode_does_not_count_the_vpc_cni(dev_document: dict[str, Any]) -> None:
+    dev_document["cluster"]["cilium_mode"] = "eni"
+    spec = load_spec(dev_document)
+    assert "aws-node" not in np.daemonset_pods(spec, spec.pool("highmem"))
+    assert np.max_pods(spec, spec.pool("highmem")) == 4 + 3
+
+
+def test_node_class_blocks_pod_access_to_instance_metadata(dev_spec: PlatformSpec) -> None:
+    node_class = np.ec2_node_class(dev_spec, dev_spec.pool("warm"), "KarpenterNodeRole-x")
+    spec = node_class["spec"]
+    assert spec["metadataOptions"]["httpPutResponseHopLimit"] == 1
+    assert spec["metadataOptions"]["httpTokens"] == "required"
+    assert spec["amiSelectorTerms"] == [{"alias": "al2023@latest"}]
+    assert spec["blockDeviceMappings"][0]["ebs"]["volumeType"] == "gp3"
+    assert spec["kubelet"] == {"maxPods": 15}
+    assert node_class["metadata"]["annotations"] == {
+        "runner-platform.io/max-runners": "10",
+        "runner-platform.io/daemonset-pods": "5",
+    }
+    assert "instanceStorePolicy" not in spec
+
+
+def test_nvme_node_class_stripes_instance_storage(dev_spec: PlatformSpec) -> None:
+    node_class = np.ec2_node_class(dev_spec, dev_spec.pool("nvme"), "r")
+    assert node_class["spec"]["instanceStorePolicy"] == "RAID0"
+
+
+@pytest.mark.parametrize(
+    ("pool", "expected_key", "expected_values"),
+    [
+        ("gpu", "karpenter.k8s.aws/instance-gpu-count", ["0"]),
+        ("nvme", "karpenter.k8s.aws/instance-local-nvme", ["0"]),
+        ("warm", "karpenter.k8s.aws/instance-family", ["m6i", "m7i"]),
+    ],
+)
+def test_node_pool_requirements_follow_the_profile(
+    dev_spec: PlatformSpec, pool: str, expected_key: str, expected_values: list[str]
+) -> None:
+    manifest = np.node_pool(dev_spec, dev_spec.pool(pool))
+    reqs = {r["key"]: r for r in manifest["spec"]["template"]["spec"]["requirements"]}
+    assert reqs[expected_key]["values"] == expected_values
+
+
+def test_gpu_node_pool_is_tainted_limited_and_labelled(dev_spec: PlatformSpec) -> None:
+    manifest = np.node_pool(dev_spec, dev_spec.pool("gpu"))
+    template = manifest["spec"]["template"]
+    assert template["metadata"]["labels"] == {"pool": "gpu"}
+    assert template["spec"]["taints"] == [
+        {"key": "runner-platform.io/pool", "value": "gpu", "effect": "NoSchedule"},
+        {"key": "nvidia.com/gpu", "value": "true", "effect": "NoSchedule"},
+    ]
+    assert template["spec"]["startupTaints"] == [
+        {"key": "node.cilium.io/agent-not-ready", "value": "true", "effect": "NoExecute"}
+    ]
+    assert manifest["spec"]["limits"] == {"cpu": "192", "memory": "768Gi", "nvidia.com/gpu": "16"}
+    assert manifest["spec"]["disruption"]["consolidationPolicy"] == "WhenEmpty"
+    # Long enough for the longest job (ml: 360 min) to drain.
+    assert template["spec"]["terminationGracePeriod"] == "375m"
+
+
+def test_shared_warm_pool_is_not_tainted(dev_spec: PlatformSpec) -> None:
+    manifest = np.node_pool(dev_spec, dev_spec.pool("warm"))
+    assert manifest["spec"]["template"]["spec"]["taints"] == []
+
+
+def test_placeholders_hold_a_full_node_per_warm_node(dev_spec: PlatformSpec) -> None:
+    deployment = np.placeholder_deployment(dev_spec, dev_spec.pool("warm"))
+    pod = deployment["spec"]["template"]["spec"]
+    assert deployment["spec"]["replicas"] == 2
+    assert pod["priorityClassName"] == np.PLACEHOLDER_PRIORITY_CLASS
+    assert pod["nodeSelector"] == {"pool": "warm"}
+    # web and infra use the warm pool with 2 CPU / 4Gi runners, 10 per node.
+    assert pod["containers"][0]["resources"]["requests"] == {"cpu": "20000m", "memory": "40960Mi"}
+    anti = pod["affinity"]["podAntiAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+    assert anti[0]["topologyKey"] == "kubernetes.io/hostname"
+
+
+def test_placeholder_priority_is_negative_and_never_preempts() -> None:
+    priority = np.placeholder_priority_class()
+    assert priority["value"] < 0
+    assert priority["preemptionPolicy"] == "Never"
+
+
+def test_prepull_pulls_each_runner_image_of_the_pool_once(dev_document: dict[str, Any]) -> None:
+    dev_document["teams"][2]["runner_image"] = "ghcr.io/acme/runner:infra"
+    spec = load_spec(dev_document)
+    daemonset = np.prepull_daemonset(spec, spec.pool("warm"))
+    images = [c["image"] for c in daemonset["spec"]["template"]["spec"]["initContainers"]]
+    assert images == ["ghcr.io/acme/runner:infra", "ghcr.io/actions/actions-runner:2.329.0"]
+
+
+def test_only_warm_pools_get_placeholders(dev_spec: PlatformSpec) -> None:
+    kinds = {p.name: [m["kind"] for m in np.pool_objects(dev_spec, p, "r")] for p in dev_spec.pools}
+    assert kinds["warm"] == ["EC2NodeClass", "NodePool", "Deployment", "DaemonSet"]
+    assert kinds["gpu"] == ["EC2NodeClass", "NodePool"]
+
+
+def test_device_plugin_tolerates_every_gpu_pool_taint(dev_spec: PlatformSpec) -> None:
+    values = np.nvidia_plugin_values(dev_spec)
+    assert {(t["key"], t["value"]) for t in values["tolerations"]} == {
+        ("runner-platform.io/pool", "gpu"),
+        ("nvidia.com/gpu", "true"),
+    }
