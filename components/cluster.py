@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import json
 from dataclasses import dataclass
 
 import pulumi
@@ -233,3 +234,11 @@ class Cluster(pulumi.ComponentResource):
         self.private_subnet_ids = pulumi.Output.from_input(private_ids)
         self.vpc_id = pulumi.Output.from_input(vpc_id)
         self.register_outputs({"cluster_name": self.name, "kubeconfig": self.kubeconfig})
+
+    def irsa_trust(self, namespace: str, service_account: str) -> pulumi.Output[str]:
+        """Trust policy JSON for one ServiceAccount through this cluster's OIDC provider."""
+        return pulumi.Output.all(self.oidc_provider_arn, self.oidc_issuer).apply(
+            lambda args: json.dumps(
+                iam_documents.irsa_trust_policy(args[0], args[1], namespace, service_account)
+            )
+        )

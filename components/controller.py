@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import json
-
 import pulumi
 import pulumi_aws as aws
 import pulumi_kubernetes as k8s
 import pulumi_random as random
 
 from components import controller_manifests as manifests
-from components import iam_documents
 from components.cluster import Cluster
 from components.k8s_objects import declare
 from controller.model import PlatformSpec, RuntimeFacts
@@ -96,13 +93,7 @@ class ControllerDeployment(pulumi.ComponentResource):
         role = aws.iam.Role(
             f"{name}-role",
             name=f"runner-controller-{spec.cluster.name}",
-            assume_role_policy=pulumi.Output.all(
-                cluster.oidc_provider_arn, cluster.oidc_issuer
-            ).apply(
-                lambda a: json.dumps(
-                    iam_documents.irsa_trust_policy(a[0], a[1], ns, manifests.CONTROLLER_NAME)
-                )
-            ),
+            assume_role_policy=cluster.irsa_trust(ns, manifests.CONTROLLER_NAME),
             max_session_duration=3600,
             tags=spec.cluster.tags,
             opts=child,

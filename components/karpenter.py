@@ -126,15 +126,7 @@ class Karpenter(pulumi.ComponentResource):
         controller_role = aws.iam.Role(
             f"{name}-controller",
             name=f"KarpenterController-{settings.name}",
-            assume_role_policy=pulumi.Output.all(
-                cluster.oidc_provider_arn, cluster.oidc_issuer
-            ).apply(
-                lambda args: json.dumps(
-                    iam_documents.irsa_trust_policy(
-                        args[0], args[1], KARPENTER_NAMESPACE, KARPENTER_SERVICE_ACCOUNT
-                    )
-                )
-            ),
+            assume_role_policy=cluster.irsa_trust(KARPENTER_NAMESPACE, KARPENTER_SERVICE_ACCOUNT),
             max_session_duration=3600,
             tags=tags,
             opts=child,

@@ -167,3 +167,27 @@ def test_plan_exits_2_on_a_bad_config(tmp_path: Path, capsys: pytest.CaptureFixt
     bad.write_text(yaml.safe_dump(document))
     assert plan.main(["--stack", "bad", "--config", str(bad)]) == 2
     assert "pools[0].max_runners_per_node" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("role", "subject"),
+    [
+        ("KarpenterController-runners-dev", "system:serviceaccount:kube-system:karpenter"),
+        (
+            "runner-controller-runners-dev",
+            "system:serviceaccount:runner-platform:runner-controller",
+        ),
+    ],
+)
+def test_irsa_roles_trust_exactly_one_service_account(
+    dev_run: RecordingMocks, role: str, subject: str
+) -> None:
+    inputs = next(
+        r.inputs for r in dev_run.of_type("aws:iam/role:Role") if r.inputs.get("name") == role
+    )
+    (statement,) = json.loads(inputs["assumeRolePolicy"])["Statement"]
+    issuer = "oidc.eks.us-west-2.amazonaws.com/id/MOCK"
+    assert statement["Condition"]["StringEquals"] == {
+        f"{issuer}:aud": "sts.amazonaws.com",
+        f"{issuer}:sub": subject,
+    }
