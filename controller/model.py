@@ -122,7 +122,7 @@ PolicyArn = Annotated[str, AfterValidator(_policy_arn)]
 class Frozen(BaseModel):
     """Base for every spec value: immutable, and unknown keys are errors."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
 
 
 # --- GitHub --------------------------------------------------------------------------
@@ -140,7 +140,9 @@ class SecretRef(Frozen):
     """A key of a Kubernetes Secret in the controller's namespace."""
 
     name: DnsLabel
+    """Name of the Kubernetes Secret in the controller namespace."""
     key: str = Field(pattern=r"^[-._a-zA-Z0-9]+$")
+    """Key inside that Secret."""
 
 
 InlineSafeSecretRef = Annotated[SecretRef, BeforeValidator(_refuse_inline_secret)]
@@ -150,20 +152,30 @@ class GitHubApp(Frozen):
     """A GitHub App the controller authenticates as; several may share one instance's load."""
 
     app_id: int = Field(ge=1)
+    """The GitHub App's numeric id."""
     installations: dict[GitHubLogin, int] = Field(min_length=1)
+    """Installation id of the App in each org (org login to id)."""
     private_key: InlineSafeSecretRef
+    """Secret holding the App's private key (PEM)."""
 
 
 class GitHubInstance(Frozen):
     """GitHub.com (``cloud``) or a GitHub Enterprise Server (``ghes``) the platform serves."""
 
     name: DnsLabel
+    """Short name; used in webhook paths (/webhooks/github/<name>) and Vault mounts."""
     kind: Literal["cloud", "ghes"]
+    """'cloud' for github.com, 'ghes' for GitHub Enterprise Server."""
     host: HostName | None = None
+    """GHES host name (no scheme); leave out for cloud."""
     enterprise_slug: str | None = Field(default=None, pattern=r"^[a-z0-9][a-z0-9-]*$")
+    """github.com enterprise with a customised OIDC issuer (…/<slug>)."""
     orgs: tuple[GitHubLogin, ...] = Field(min_length=1)
+    """Organisations served on this instance."""
     apps: tuple[GitHubApp, ...] = Field(min_length=1)
+    """GitHub Apps the controller authenticates as; several share the API budget."""
     webhook_secret: InlineSafeSecretRef
+    """Secret holding the webhook HMAC secret."""
 
     @model_validator(mode="after")
     def _host_matches_kind(self) -> GitHubInstance:
@@ -205,8 +217,11 @@ class GitHubInstance(Frozen):
 
 class Taint(Frozen):
     key: str = Field(pattern=r"^([a-z0-9.-]+/)?[A-Za-z0-9._-]+$")
+    """Taint key."""
     value: str = ""
+    """Taint value."""
     effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] = "NoSchedule"
+    """NoSchedule, PreferNoSchedule or NoExecute."""
 
 
 class PoolLimits(Frozen):
@@ -219,34 +234,55 @@ class PoolLimits(Frozen):
 
 class Consolidation(Frozen):
     policy: Literal["WhenEmpty", "WhenEmptyOrUnderutilized"] = "WhenEmptyOrUnderutilized"
+    """When Karpenter may remove or replace nodes."""
     consolidate_after: Duration = "5m"
+    """How long a node must be consolidatable first."""
     budget_nodes: str = Field(default="10%", pattern=r"^(\d+|\d+%)$")
+    """Most nodes disrupted at once (count or percent)."""
     expire_after: Duration = "720h"
+    """Maximum node lifetime before replacement."""
 
 
 class Pool(Frozen):
     """A Karpenter node pool runner pods land on."""
 
     name: DnsLabel
+    """Pool name; nodes carry the label pool=<name>."""
     kind: Literal["warm", "isolated", "custom"]
+    """'warm' (shared warm-start), 'isolated' (one team), 'custom' (GPU, high-memory, NVMe)."""
     owner: DnsLabel | None = Field(
         default=None, description="The one team an 'isolated' pool belongs to."
     )
     profile: Literal["general", "gpu", "high-memory", "nvme"] = "general"
+    """Hardware profile: general, gpu, high-memory or nvme."""
     instance_families: tuple[str, ...] = ()
+    """EC2 instance families (m7i, g6, …); empty: chosen by profile."""
     instance_types: tuple[str, ...] = ()
+    """Exact EC2 instance types, if families are too broad."""
     capacity_types: tuple[Literal["spot", "on-demand", "reserved"], ...] = ("spot", "on-demand")
+    """spot, on-demand and/or reserved."""
     arch: Literal["amd64", "arm64"] = "amd64"
+    """CPU architecture of the nodes."""
     max_runners_per_node: int = Field(default=MAX_RUNNERS_PER_NODE, ge=1, le=MAX_RUNNERS_PER_NODE)
+    """Runner pods per node, at most 10 (kubelet maxPods adds the DaemonSets)."""
     warm_nodes: int = Field(default=0, ge=0, le=100)
+    """Nodes kept warm by placeholder pods (at least 1 for 'warm' pools)."""
     gpus_per_runner: int = Field(default=0, ge=0, le=8)
+    """nvidia.com/gpu each runner requests ('gpu' pools)."""
     limits: PoolLimits
+    """The most the pool may grow to (cpu, memory, gpu); required."""
     disk_gib: int = Field(default=100, ge=20, le=16384)
+    """Root volume size (gp3, encrypted)."""
     instance_store_raid0: bool | None = None
+    """Stripe instance-store NVMe disks (default: on for 'nvme' pools)."""
     taints: tuple[Taint, ...] = ()
+    """Extra node taints, beyond the pool and GPU taints the platform sets."""
     labels: dict[str, str] = Field(default_factory=dict)
+    """Extra node labels."""
     consolidation: Consolidation = Consolidation()
+    """Karpenter disruption settings."""
     weight: int | None = Field(default=None, ge=1, le=100)
+    """NodePool weight when several pools fit a pod."""
 
     @model_validator(mode="after")
     def _kind_rules(self) -> Pool:
@@ -295,8 +331,11 @@ class Pool(Frozen):
 
 class RunnerResources(Frozen):
     cpu: Quantity = "2"
+    """CPU request per runner pod."""
     memory: Quantity = "4Gi"
+    """Memory request (and limit) per runner pod."""
     ephemeral_storage: Quantity = "20Gi"
+    """Ephemeral storage request per runner pod."""
 
 
 _REPO = re.compile(r"^(?P<org>[A-Za-z0-9][A-Za-z0-9-]*)/(?P<repo>[A-Za-z0-9._*?\[\]-]+)$")
@@ -327,24 +366,40 @@ class Team(Frozen):
     """A product team: who may run jobs, from which repositories, on which pools."""
 
     name: DnsLabel
+    """Team name; the IAM role is github-runner-<name>-role, the namespace runners-<name>."""
     instance: DnsLabel
+    """The GitHub instance the team's repositories live on."""
     org: GitHubLogin
+    """The organisation of its repositories and runner group."""
     github_teams: tuple[TeamSlug, ...] = Field(min_length=1)
+    """GitHub team slugs whose active members may run jobs."""
     repositories: tuple[Repository, ...] = Field(min_length=1)
+    """org/repo names (globs in the repo part) whose jobs the team runs."""
     allow_org_wide: bool = Field(
         default=False, description="Permit 'org/*': every repository of the organisation."
     )
     pools: tuple[DnsLabel, ...] = Field(min_length=1)
+    """Pools the team's runners may use (its isolated pools included)."""
     runner_group: str = Field(default="", max_length=100)
+    """GitHub runner group of the team's runners (default: the team name)."""
     labels: tuple[RunnerLabel, ...] = ()
+    """Extra runs-on labels of the team's runners."""
     min_idle: int = Field(default=0, ge=0, le=1000)
+    """Idle runners kept ready."""
     max_runners: int = Field(default=20, ge=1, le=5000)
+    """Most runners at once."""
     runner_image: str = Field(default="ghcr.io/actions/actions-runner:2.329.0", min_length=3)
+    """Runner container image."""
     resources: RunnerResources = RunnerResources()
+    """Runner pod resources."""
     job_timeout_minutes: int = Field(default=360, ge=5, le=7200)
+    """Pod deadline; also sizes node termination grace."""
     vault_policies: tuple[str, ...] = ()
+    """Extra Vault policies for the team's role."""
     aws_managed_policy_arns: tuple[PolicyArn, ...] = ()
+    """IAM policies attached to github-runner-<team>-role."""
     session_duration_seconds: int = Field(default=MAX_SESSION_SECONDS, ge=900, le=3600)
+    """Maximum AWS session, 900 to 3600 seconds."""
 
     @model_validator(mode="before")
     @classmethod
@@ -392,10 +447,15 @@ class Team(Frozen):
 
 class VpcSettings(Frozen):
     cidr: Cidr = "10.0.0.0/16"
+    """VPC CIDR (also excluded from runner egress)."""
     vpc_id: str | None = Field(default=None, pattern=r"^vpc-[0-9a-f]+$")
+    """An existing VPC; leave out to create one."""
     private_subnet_ids: tuple[str, ...] = ()
+    """Private subnets of an existing VPC (nodes and pods)."""
     public_subnet_ids: tuple[str, ...] = ()
+    """Public subnets of an existing VPC (load balancers)."""
     availability_zones: int = Field(default=3, ge=2, le=6)
+    """Zones to spread a created VPC over."""
 
     @model_validator(mode="after")
     def _create_or_existing(self) -> VpcSettings:
@@ -408,9 +468,13 @@ class VpcSettings(Frozen):
 
 class EndpointSettings(Frozen):
     private_access: bool = True
+    """Reach the API from inside the VPC."""
     public_access: bool = False
+    """Reach the API from the internet (needs public_access_cidrs)."""
     public_access_cidrs: tuple[Cidr, ...] = ()
+    """CIDRs allowed to the public endpoint."""
     allow_public_from_anywhere: bool = False
+    """Allow 0.0.0.0/0 in public_access_cidrs."""
 
     @model_validator(mode="after")
     def _not_open(self) -> EndpointSettings:
@@ -430,9 +494,13 @@ class SystemNodes(Frozen):
     """The small managed node group that runs Karpenter and the controller."""
 
     instance_types: tuple[str, ...] = ("m7i.large",)
+    """Instance types of the system node group."""
     min_size: int = Field(default=2, ge=1)
+    """Fewest system nodes."""
     desired_size: int = Field(default=2, ge=1)
+    """System nodes at creation."""
     max_size: int = Field(default=4, ge=1)
+    """Most system nodes."""
 
     @model_validator(mode="after")
     def _sizes(self) -> SystemNodes:
@@ -443,47 +511,76 @@ class SystemNodes(Frozen):
 
 class ClusterSettings(Frozen):
     name: DnsLabel
+    """EKS cluster name (also the Karpenter discovery tag)."""
     kubernetes_version: str = Field(default="1.34", pattern=r"^1\.(3[0-9])$")
+    """Kubernetes minor version (1.30 to 1.39)."""
     region: str = Field(pattern=r"^[a-z]{2}(-gov|-iso[a-z]?)?-[a-z]+-\d$")
+    """AWS region; must equal aws:region."""
     vpc: VpcSettings = VpcSettings()
+    """Network settings."""
     service_cidr: Cidr = "172.20.0.0/16"
+    """Kubernetes service CIDR (excluded from runner egress)."""
     endpoint: EndpointSettings = EndpointSettings()
+    """API endpoint access."""
     cilium_mode: Literal["chaining", "eni"] = "chaining"
+    """'chaining' with the VPC CNI, or 'eni'."""
     cilium_version: str = Field(default="1.20.2", pattern=r"^\d+\.\d+\.\d+$")
+    """Cilium Helm chart version."""
     karpenter_version: str = Field(default="1.15.2", pattern=r"^\d+\.\d+\.\d+$")
+    """Karpenter Helm chart version."""
     system_nodes: SystemNodes = SystemNodes()
+    """The managed node group for Karpenter and the controller."""
     log_types: tuple[
         Literal["api", "audit", "authenticator", "controllerManager", "scheduler"], ...
     ] = ("api", "audit", "authenticator", "controllerManager", "scheduler")
+    """Control-plane log types sent to CloudWatch."""
     tags: dict[str, str] = Field(default_factory=dict)
+    """Tags on every AWS resource."""
 
 
 class RedisSettings(Frozen):
     node_type: str = "cache.t4g.small"
+    """ElastiCache node type."""
     engine_version: str = "7.1"
+    """Redis engine version."""
     replicas: int = Field(default=1, ge=0, le=5, description="Read replicas beside the primary.")
+    """Read replicas beside the primary."""
 
 
 class ControllerSettings(Frozen):
     image: str = "ghcr.io/runner-platform/controller:0.1.0"
+    """Controller container image."""
     replicas: int = Field(default=2, ge=2, le=20)
+    """Controller pods (at least 2)."""
     namespace: DnsLabel = "runner-platform"
+    """Namespace of the controller."""
     webhook_host: HostName
+    """Host name GitHub sends webhooks to."""
     ingress_class: str = "alb"
+    """Ingress class of the webhook Ingress."""
     ingress_annotations: dict[str, str] = Field(default_factory=dict)
+    """Annotations of the webhook Ingress (TLS, scheme, …)."""
     webhook_body_limit_bytes: int = Field(default=1 << 20, ge=1024, le=25 << 20)
+    """Largest webhook body accepted."""
     cloudwatch_namespace: str = "RunnerPlatform"
+    """CloudWatch namespace the controller publishes to."""
     redis: RedisSettings = RedisSettings()
+    """ElastiCache Redis settings."""
 
 
 class VaultSettings(Frozen):
     address: str = Field(pattern=r"^https?://[^\s/]+(:\d+)?/?$")
+    """Vault or OpenBao address."""
     audience: str = "runner-platform-vault"
+    """Audience runners request for Vault tokens (bound_audiences)."""
     user_claim: str = "actor"
+    """Claim Vault uses as the entity alias."""
     token_ttl_seconds: int = Field(default=900, ge=60, le=MAX_VAULT_TTL_SECONDS)
+    """Vault token TTL (at most 3600)."""
     token_max_ttl_seconds: int = Field(
         default=MAX_VAULT_TTL_SECONDS, ge=60, le=MAX_VAULT_TTL_SECONDS
     )
+    """Vault token max TTL (at most 3600)."""
 
     @model_validator(mode="after")
     def _ttl_order(self) -> VaultSettings:
@@ -494,11 +591,17 @@ class VaultSettings(Frozen):
 
 class ObservabilitySettings(Frozen):
     namespace: DnsLabel = "monitoring"
+    """Namespace of the PrometheusRule and dashboard."""
     prometheus_rules: bool = True
+    """Create the PrometheusRule (needs the Prometheus Operator CRDs)."""
     grafana_dashboard: bool = True
+    """Create the dashboard ConfigMap for the Grafana sidecar."""
     pending_pod_minutes: int = Field(default=5, ge=1)
+    """Alert when a runner pod is Pending longer than this."""
     spot_interruption_rate: float = Field(default=0.10, gt=0, le=1)
+    """Alert above this hourly share of spot nodes interrupted."""
     job_failure_rate: float = Field(default=0.05, gt=0, le=1)
+    """Alert above this share of failed jobs."""
 
 
 # --- the whole spec ------------------------------------------------------------------
@@ -530,12 +633,19 @@ class PlatformSpec(Frozen):
     """Everything a stack declares; the controller reads the same JSON at start."""
 
     cluster: ClusterSettings
+    """EKS cluster settings."""
     github_instances: tuple[GitHubInstance, ...] = Field(min_length=1)
+    """GitHub instances served."""
     pools: tuple[Pool, ...] = Field(min_length=1)
+    """Node pools."""
     teams: tuple[Team, ...] = Field(min_length=1)
+    """Teams and what they may use."""
     controller: ControllerSettings
+    """The controller deployment."""
     vault: VaultSettings
+    """Vault JWT auth settings."""
     observability: ObservabilitySettings = ObservabilitySettings()
+    """Alerts and dashboards."""
 
     @model_validator(mode="after")
     def _cross_references(self) -> PlatformSpec:

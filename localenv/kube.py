@@ -55,7 +55,7 @@ def k8s_bins() -> K8sBins:
     return K8sBins(Path(result.stdout.strip().splitlines()[-1]))
 
 
-def _https_ok(url: str, context: ssl.SSLContext) -> bool:
+def _url_ok(url: str, context: ssl.SSLContext | None = None) -> bool:
     with urllib.request.urlopen(url, context=context, timeout=2) as response:
         return bool(response.status == 200)
 
@@ -174,7 +174,7 @@ class ControlPlane:
         self.kubeconfig = self._write_kubeconfig()
         context = ssl.create_default_context(cafile=str(self.certs.ca_cert))
         context.load_cert_chain(str(self.certs.admin_cert), str(self.certs.admin_key))
-        apiserver.wait_until(lambda: _https_ok(f"{self.server}/readyz", context), timeout, "ready")
+        apiserver.wait_until(lambda: _url_ok(f"{self.server}/readyz", context), timeout, "ready")
 
     def _write_kubeconfig(self) -> Path:
         path = self.workdir / "kubeconfig"
@@ -211,77 +211,72 @@ class ControlPlane:
         path.chmod(0o600)
         return path
 
+    def _launch(
+        self,
+        name: str,
+        argv: list[str],
+        probe: str,
+        timeout: float,
+        *,
+        env: dict[str, str] | None = None,
+        context: ssl.SSLContext | None = None,
+    ) -> None:
+        """Start one component and wait until ``probe`` (a health URL) answers 200."""
+        process = ManagedProcess(name, argv, self.workdir / "logs", env=env).start()
+        self.processes.append(process)
+        process.wait_until(lambda: _url_ok(probe, context), timeout, f"healthy at {probe}")
+
     def _start_component(self, name: str, flags: list[str], timeout: float) -> None:
         port = free_port()
-        process = ManagedProcess(
+        argv = [
+            self.bins.bin(name),
+            f"--kubeconfig={self.kubeconfig}",
+            f"--authentication-kubeconfig={self.kubeconfig}",
+            f"--authorization-kubeconfig={self.kubeconfig}",
+            f"--secure-port={port}",
+            "--bind-address=127.0.0.1",
+            *flags,
+        ]
+        # Each serves /healthz with its own self-signed certificate.
+        self._launch(
             name,
-            [
-                self.bins.bin(name),
-                f"--kubeconfig={self.kubeconfig}",
-                f"--authentication-kubeconfig={self.kubeconfig}",
-                f"--authorization-kubeconfig={self.kubeconfig}",
-                f"--secure-port={port}",
-                "--bind-address=127.0.0.1",
-                *flags,
-            ],
-            self.workdir / "logs",
-        ).start()
-        self.processes.append(process)
-        insecure = ssl._create_unverified_context()  # its own self-signed serving cert
-        process.wait_until(
-            lambda: _https_ok(f"https://127.0.0.1:{port}/healthz", insecure), timeout, "healthy"
+            argv,
+            f"https://127.0.0.1:{port}/healthz",
+            timeout,
+            context=ssl._create_unverified_context(),
         )
 
     # -- KWOK and Karpenter --
 
     def _start_kwok(self, timeout: float) -> None:
-        stages = [f"--config={stage}" for stage in [*self.bins.kwok_stages, *PROJECT_STAGES]]
         port = free_port()
-        process = ManagedProcess(
-            "kwok",
-            [
-                self.bins.bin("kwok"),
-                f"--kubeconfig={self.kubeconfig}",
-                f"--manage-nodes-with-annotation-selector={KWOK_NODE_ANNOTATION}=fake",
-                f"--server-address=127.0.0.1:{port}",
-                "--node-ip=10.244.0.1",
-                *stages,
-            ],
-            self.workdir / "logs",
-        ).start()
-        self.processes.append(process)
-        process.wait_until(
-            lambda: (
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2).status == 200
-            ),
-            timeout,
-            "healthy",
-        )
+        argv = [
+            self.bins.bin("kwok"),
+            f"--kubeconfig={self.kubeconfig}",
+            f"--manage-nodes-with-annotation-selector={KWOK_NODE_ANNOTATION}=fake",
+            f"--server-address=127.0.0.1:{port}",
+            "--node-ip=10.244.0.1",
+            *(f"--config={stage}" for stage in [*self.bins.kwok_stages, *PROJECT_STAGES]),
+        ]
+        self._launch("kwok", argv, f"http://127.0.0.1:{port}/healthz", timeout)
 
     def _start_karpenter(self, timeout: float) -> None:
         self.apply_crds()
-        metrics, health = free_port(), free_port()
-        process = ManagedProcess(
+        health = free_port()
+        env = {
+            "KUBECONFIG": str(self.kubeconfig),
+            "DISABLE_LEADER_ELECTION": "true",
+            "SYSTEM_NAMESPACE": "kube-system",
+            "METRICS_PORT": str(free_port()),
+            "HEALTH_PROBE_PORT": str(health),
+            "LOG_LEVEL": "info",
+        }
+        self._launch(
             "karpenter-kwok",
             [self.bins.bin("karpenter-kwok")],
-            self.workdir / "logs",
-            env={
-                "KUBECONFIG": str(self.kubeconfig),
-                "DISABLE_LEADER_ELECTION": "true",
-                "SYSTEM_NAMESPACE": "kube-system",
-                "METRICS_PORT": str(metrics),
-                "HEALTH_PROBE_PORT": str(health),
-                "DISABLE_WEBHOOK": "true",
-                "LOG_LEVEL": "info",
-            },
-        ).start()
-        self.processes.append(process)
-        process.wait_until(
-            lambda: (
-                urllib.request.urlopen(f"http://127.0.0.1:{health}/readyz", timeout=2).status == 200
-            ),
+            f"http://127.0.0.1:{health}/readyz",
             timeout,
-            "ready",
+            env=env,
         )
 
     # -- helpers for tests --

@@ -433,6 +433,8 @@ class GitHubEmulator:
         )
         def org_redeliver(caller: Caller, p: dict[str, str], _b: Any, _q: Any) -> Response:
             self._require(caller, "installation", p["org"])
+            if world.hook_orgs.get(int(p["hook"])) != p["org"]:
+                raise HttpError(404, "Not Found")
             world.redeliver(int(p["id"]), int(p["hook"]))
             self._changed()
             return Response(202, {})

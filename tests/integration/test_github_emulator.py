@@ -277,6 +277,14 @@ def test_redelivery_keeps_the_guid_and_is_listed(gh: GitHubEmulator, receiver: R
     assert receiver.received[-1][0]["X-GitHub-Delivery"] == first_guid == queued["guid"]
     relisted = _get(gh, f"/orgs/acme/hooks/{hook.id}/deliveries", token).json()
     assert relisted[0]["redelivery"] is True
+    gh.world.add_org("other")
+    foreign = gh.world.add_hook(receiver.url, "s", org="other")
+    assert (
+        _post(
+            gh, f"/orgs/acme/hooks/{foreign.id}/deliveries/{queued['id']}/attempts", token
+        ).status_code
+        == 404
+    )
 
 
 def test_a_failed_delivery_is_recorded_as_failed(gh: GitHubEmulator) -> None:

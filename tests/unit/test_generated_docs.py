@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 from controller import schema
+from controller.model import PlatformSpec
 from tests.conftest import DEV_DOCUMENT, ROOT
 
 
@@ -34,3 +35,13 @@ def test_schema_describes_every_top_level_key() -> None:
 
 def test_cli_refuses_an_unknown_format(capsys: object) -> None:
     assert schema.main(["schema", "yaml"]) == 2
+
+
+def test_every_configuration_key_is_described() -> None:
+    undocumented = [
+        f"{model.__name__}.{name}"
+        for model in schema._models(PlatformSpec)
+        for name, field in model.model_fields.items()
+        if not (field.description or "").strip()
+    ]
+    assert undocumented == []
