@@ -8,6 +8,7 @@ prints it and runs the policy pack over it.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import runpy
 import sys
@@ -124,6 +125,17 @@ def stack_config(stack_file: Path) -> dict[str, str]:
     return flat
 
 
+def _ensure_event_loop() -> None:
+    """The SDK runs on the thread's current event loop; an asyncio.run() elsewhere in the
+    same process leaves none behind. Reuse a usable loop, else install one."""
+    try:
+        usable = not asyncio.get_event_loop_policy().get_event_loop().is_closed()
+    except RuntimeError:
+        usable = False
+    if not usable:
+        asyncio.set_event_loop(asyncio.new_event_loop())
+
+
 def run_program(
     config: dict[str, str], stack: str = "dev", program: Path = ROOT / "__main__.py"
 ) -> RecordingMocks:
@@ -131,6 +143,7 @@ def run_program(
 
     Raises whatever the program raises (a ``pulumi.RunError`` for a bad stack config).
     """
+    _ensure_event_loop()
     mocks = RecordingMocks()
     pulumi.runtime.set_mocks(mocks, project=PROJECT, stack=stack, preview=False)
     pulumi.runtime.set_all_config(config)

@@ -232,7 +232,7 @@ class GitHubEmulator:
             points = 1 if method == "GET" else 5
             window = [(t, p) for t, p in self._points[(caller.token, route)] if t > now - 60]
             if sum(p for _, p in window) + points > self.secondary_points:
-                oldest = min(t for t, _ in window)
+                oldest = min((t for t, _ in window), default=now)
                 raise HttpError(
                     429 if method == "GET" else 403,
                     "You have exceeded a secondary rate limit. Please wait a few "
@@ -488,7 +488,11 @@ class GitHubEmulator:
                 except ValueError:
                     raise HttpError(400, "Problems parsing JSON") from None
                 etag_ok = method == "GET" and headers.get("If-None-Match")
-                result = handler(caller, match.groupdict(), payload, query)
+                try:
+                    result = handler(caller, match.groupdict(), payload, query)
+                except (NotFound, Invalid):
+                    self._charge(caller, method, name)  # GitHub counts a 404 or 422 too
+                    raise
                 if method == "GET" and result.status == 200:
                     etag = (
                         'W/"'
@@ -500,7 +504,8 @@ class GitHubEmulator:
                         return Response(
                             304, None, {**result.headers, **self._limit_headers(caller)}
                         )
-                self._charge(caller, method, name)
+                if name != "rate_limit":  # GitHub does not count /rate_limit itself
+                    self._charge(caller, method, name)
                 if method != "GET":
                     self._changed()
                 result.headers = {

@@ -1,0 +1,180 @@
+"""``python -m controller`` (or ``runner-controller``): serve, listen, audit."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import socket
+import sys
+from datetime import datetime
+
+from controller import logs
+from controller.settings import MissingSecret, Settings
+
+
+def _serve(settings: Settings) -> int:
+    import uvicorn
+
+    from controller.app import WebhookApp
+    from controller.metrics import Metrics
+    from controller.verifier import TeamVerifier
+    from controller.wiring import (
+        connect_redis,
+        github_clients,
+        load_spec_or_exit,
+        webhook_secrets,
+    )
+
+    spec = load_spec_or_exit(settings.spec_path)
+    redis = connect_redis(settings)
+    metrics = Metrics()
+    verifier = TeamVerifier(
+        spec,
+        redis,
+        github_clients(spec, settings, metrics),
+        positive_ttl=settings.member_ttl_seconds,
+        negative_ttl=settings.negative_ttl_seconds,
+        metrics=metrics,
+    )
+    app = WebhookApp(
+        spec,
+        webhook_secrets(spec, settings),
+        redis,
+        metrics=metrics,
+        dedupe_ttl=settings.dedupe_ttl_seconds,
+        audit_max=settings.audit_max_records,
+        invalidate_membership=verifier.invalidate,
+    )
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        loop="uvloop",
+        http="httptools",
+        lifespan="on",
+        access_log=False,
+        log_config=None,
+        server_header=False,
+    )
+    uvicorn.Server(config).run()
+    return 0
+
+
+async def _listen_forever(settings: Settings) -> None:
+    from controller.audit import AuditLog
+    from controller.listener import Listener
+    from controller.metrics import Metrics
+    from controller.verifier import TeamVerifier
+    from controller.wiring import connect_redis, github_clients, load_spec_or_exit
+
+    spec = load_spec_or_exit(settings.spec_path)
+    redis = connect_redis(settings)
+    metrics = Metrics()
+    clients = github_clients(spec, settings, metrics)
+    verifier = TeamVerifier(
+        spec,
+        redis,
+        clients,
+        positive_ttl=settings.member_ttl_seconds,
+        negative_ttl=settings.negative_ttl_seconds,
+        metrics=metrics,
+    )
+    audit = AuditLog(redis, settings.audit_max_records)
+    listeners = [
+        Listener(
+            s,
+            redis,
+            verifier,
+            audit,
+            consumer=socket.gethostname(),
+            client=clients[s.instance],
+            cancel_denied=settings.cancel_denied_runs,
+            metrics=metrics,
+        )
+        for s in spec.scale_sets()
+    ]
+    for listener in listeners:
+        await listener.ensure_group()
+
+    async def run(listener: Listener) -> None:
+        while True:
+            try:
+                await listener.process_once(block_ms=1000)
+            except Exception:
+                logging.getLogger(__name__).exception("listener %s", listener.scale_set.name)
+                await asyncio.sleep(1)
+
+    await asyncio.gather(*(run(listener) for listener in listeners))
+
+
+def _audit(args: argparse.Namespace, settings: Settings) -> int:
+    import redis
+
+    from controller.audit import iter_records
+    from controller.wiring import redis_url
+
+    def when(text: str | None) -> float | None:
+        return None if text is None else datetime.fromisoformat(text).timestamp()
+
+    client = redis.Redis.from_url(args.redis_url or redis_url(settings))
+    records = iter_records(
+        client,
+        team=args.team,
+        user=args.user,
+        repo=args.repo,
+        decision=args.decision,
+        since=when(args.since),
+        until=when(args.until),
+        limit=args.limit,
+    )
+    for record in records:
+        if args.json:
+            print(json.dumps(record))
+        else:
+            stamp = datetime.fromtimestamp(record["time"]).isoformat(timespec="seconds")
+            print(
+                f"{stamp}  {record['decision']:<10} {record.get('scale_set') or '-':<24} "
+                f"{record.get('repo') or '-':<30} {record.get('requester') or '-':<16} "
+                f"job={record.get('job_id')} {record.get('reason', '')}"
+            )
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="runner-controller")
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("serve", help="the webhook router (ASGI on RUNNER_PLATFORM_PORT)")
+    commands.add_parser("listen", help="verify queued jobs of every scale set")
+    audit = commands.add_parser("audit", help="read audit records, newest first")
+    audit.add_argument("--team")
+    audit.add_argument("--user")
+    audit.add_argument("--repo")
+    audit.add_argument("--decision")
+    audit.add_argument("--since", help="ISO time, e.g. 2026-11-28T06:00")
+    audit.add_argument("--until", help="ISO time")
+    audit.add_argument("--limit", type=int, default=50)
+    audit.add_argument("--json", action="store_true", help="one JSON record per line")
+    audit.add_argument("--redis-url", help="instead of the settings' Redis")
+    args = parser.parse_args(argv)
+    try:
+        settings = Settings.from_env()
+    except ValueError as error:
+        print(f"controller: {error}", file=sys.stderr)
+        return 2
+    logs.configure(settings.log_level)
+    try:
+        if args.command == "serve":
+            return _serve(settings)
+        if args.command == "listen":
+            asyncio.run(_listen_forever(settings))
+            return 0
+        return _audit(args, settings)
+    except MissingSecret as error:
+        print(f"controller: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,118 @@
+"""Every decision as a structured record: in the JSON log and in a bounded Redis stream.
+
+The ingest path writes its records inside the store's Lua script (one round trip per
+delivery); everything else calls :meth:`AuditLog.record`. ``python -m controller audit``
+reads the stream back with filters.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis.asyncio as aioredis
+
+AUDIT_STREAM = "rp:audit"
+DECISIONS = ("accepted", "duplicate", "ignored", "unroutable", "allowed", "denied", "held", "error")
+log = logging.getLogger("runner_platform.audit")
+
+
+@dataclass
+class AuditRecord:
+    decision: str
+    reason: str = ""
+    instance: str = ""
+    org: str = ""
+    repo: str = ""
+    requester: str = ""
+    job_id: int | None = None
+    run_id: int | None = None
+    scale_set: str = ""
+    team: str = ""
+    delivery_id: str = ""
+    action: str = ""
+    time: float = field(default_factory=time.time)
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(vars(self))  # flat values only: no need for asdict's deep copies
+
+    def to_json(self) -> str:
+        return json.dumps(vars(self), separators=(",", ":"))
+
+
+def log_record(record: AuditRecord) -> None:
+    if log.isEnabledFor(logging.INFO):  # the hot path pays nothing when not logging
+        log.info("%s", record.decision, extra={"audit": record.as_dict()})
+
+
+class AuditLog:
+    def __init__(self, redis: aioredis.Redis, max_records: int = 1_000_000) -> None:
+        self.redis = redis
+        self.max_records = max_records
+
+    async def record(self, record: AuditRecord) -> None:
+        """Log, then append to the stream; a Redis failure is logged, never raised."""
+        log_record(record)
+        try:
+            await self.redis.xadd(
+                AUDIT_STREAM, {"r": record.to_json()}, maxlen=self.max_records, approximate=True
+            )
+        except aioredis.RedisError as error:
+            log.warning("audit stream unavailable: %s", type(error).__name__)
+
+
+def _matches(
+    record: dict[str, Any],
+    team: str | None,
+    user: str | None,
+    repo: str | None,
+    decision: str | None,
+) -> bool:
+    return (
+        (
+            team is None
+            or record.get("team") == team
+            or str(record.get("scale_set", "")).startswith(f"{team}-")
+        )
+        and (user is None or str(record.get("requester", "")).lower() == user.lower())
+        and (repo is None or str(record.get("repo", "")).lower() == repo.lower())
+        and (decision is None or record.get("decision") == decision)
+    )
+
+
+def iter_records(
+    client: Any,
+    *,
+    team: str | None = None,
+    user: str | None = None,
+    repo: str | None = None,
+    decision: str | None = None,
+    since: float | None = None,
+    until: float | None = None,
+    limit: int = 100,
+    batch: int = 500,
+) -> Iterator[dict[str, Any]]:
+    """Newest first, filtered; ``client`` is a synchronous redis.Redis."""
+    upper = f"{int(until * 1000)}" if until is not None else "+"
+    lower = f"{int(since * 1000)}" if since is not None else "-"
+    found = 0
+    while found < limit:
+        entries = client.xrevrange(AUDIT_STREAM, max=upper, min=lower, count=batch)
+        if not entries:
+            return
+        for _entry_id, fields in entries:
+            record = json.loads(fields[b"r"])
+            if _matches(record, team, user, repo, decision):
+                yield record
+                found += 1
+                if found >= limit:
+                    return
+        last = entries[-1][0].decode()
+        ms, seq = (int(part) for part in last.split("-"))
+        upper = f"{ms}-{seq - 1}" if seq > 0 else f"{ms - 1}"
+        if len(entries) < batch:
+            return

@@ -1,0 +1,260 @@
+"""The one module that talks to GitHub.
+
+GitHub App auth: an RS256 app JWT (``iss`` = app id, 9 minutes) buys a one-hour
+installation token per installation, refreshed five minutes before it expires and dropped
+on a 401. Limits: ``x-ratelimit-*`` headers feed a metric and the choice of App when
+several serve an org; a 403/429 with ``retry-after`` (secondary limit) or with no budget
+left (primary) raises :class:`RateLimited` with the wait; mutating calls draw 5 points
+each from a per-App bucket of 900 points a minute (GitHub's secondary limit per
+endpoint) before they are sent. Direct calls over httpx: the platform needs ETags, 304s
+and the headers, which PyGithub does not hand back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import jwt
+
+from controller.errors import GitHubAuthError, GitHubUnavailable, RateLimited
+from controller.metrics import Metrics
+from controller.model import GitHubInstance
+
+log = logging.getLogger(__name__)
+Clock = Callable[[], float]
+TOKEN_REFRESH_MARGIN = 300.0
+MUTATION_POINTS = 5
+
+
+@dataclass
+class TokenBucket:
+    """``capacity`` points refilled evenly over a minute; waits rather than overdraws."""
+
+    capacity: float = 900.0
+    clock: Clock = time.monotonic
+    tokens: float = field(init=False)
+    updated: float = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.tokens, self.updated = self.capacity, self.clock()
+
+    def _refill(self) -> None:
+        now = self.clock()
+        self.tokens = min(self.capacity, self.tokens + (now - self.updated) * self.capacity / 60)
+        self.updated = now
+
+    def wait_time(self, points: float) -> float:
+        self._refill()
+        return 0.0 if self.tokens >= points else (points - self.tokens) * 60 / self.capacity
+
+    async def take(self, points: float) -> None:
+        while (delay := self.wait_time(points)) > 0:
+            await asyncio.sleep(delay)
+        self.tokens -= points
+
+
+@dataclass
+class AppCredentials:
+    app_id: int
+    private_key: bytes
+    installations: dict[str, int]
+    bucket: TokenBucket = field(default_factory=TokenBucket)
+    remaining: int = 5000
+    tokens: dict[int, tuple[str, float]] = field(
+        default_factory=dict
+    )  # installation -> (token, exp)
+
+
+@dataclass(frozen=True)
+class Reply:
+    status: int
+    body: Any
+    etag: str | None
+
+
+class GitHubClient:
+    def __init__(
+        self,
+        instance: GitHubInstance,
+        apps: list[AppCredentials],
+        *,
+        api_url: str | None = None,
+        http: httpx.AsyncClient | None = None,
+        clock: Clock = time.time,
+        metrics: Metrics | None = None,
+    ) -> None:
+        if not apps:
+            raise ValueError(f"instance {instance.name}: no GitHub App credentials")
+        self.instance = instance
+        self.apps = apps
+        self.api_url = (api_url or instance.api_url).rstrip("/")
+        self.http = http or httpx.AsyncClient(timeout=httpx.Timeout(10.0))
+        self.clock = clock
+        self.metrics = metrics
+        self._refresh_locks: dict[int, asyncio.Lock] = {}
+
+    async def aclose(self) -> None:
+        await self.http.aclose()
+
+    # -- auth --
+
+    def _app_for(self, org: str) -> tuple[AppCredentials, int]:
+        serving = [app for app in self.apps if org in app.installations]
+        if not serving:
+            raise GitHubAuthError(f"no App of instance {self.instance.name} is installed in {org}")
+        app = max(serving, key=lambda a: a.remaining)  # share the load by remaining budget
+        return app, app.installations[org]
+
+    def app_jwt(self, app: AppCredentials) -> str:
+        now = int(self.clock())
+        claims = {"iss": str(app.app_id), "iat": now - 60, "exp": now + 540}
+        return jwt.encode(claims, app.private_key, algorithm="RS256")
+
+    async def _installation_token(self, app: AppCredentials, installation: int) -> str:
+        cached = app.tokens.get(installation)
+        if cached and cached[1] - TOKEN_REFRESH_MARGIN > self.clock():
+            return cached[0]
+        lock = self._refresh_locks.setdefault(installation, asyncio.Lock())
+        async with lock:  # one refresh for many concurrent callers
+            cached = app.tokens.get(installation)
+            if cached and cached[1] - TOKEN_REFRESH_MARGIN > self.clock():
+                return cached[0]
+            response = await self._send(
+                "POST",
+                f"/app/installations/{installation}/access_tokens",
+                "access_tokens",
+                {"Authorization": f"Bearer {self.app_jwt(app)}"},
+                None,
+            )
+            self._raise_for_limits(response, "access_tokens")
+            if response.status_code != 201:
+                raise GitHubAuthError(
+                    f"installation {installation}: token request answered {response.status_code}"
+                )
+            body = response.json()
+            expires = _parse_time(body["expires_at"])
+            app.tokens[installation] = (body["token"], expires)
+            return str(body["token"])
+
+    # -- requests --
+
+    async def _send(
+        self, method: str, path: str, endpoint: str, headers: dict[str, str], body: Any
+    ) -> httpx.Response:
+        try:
+            response = await self.http.request(
+                method,
+                f"{self.api_url}{path}",
+                json=body,
+                headers={
+                    "Accept": "application/vnd.github+json",
+                    "X-GitHub-Api-Version": "2022-11-28",
+                    **headers,
+                },
+            )
+        except httpx.TransportError as error:
+            self._count(endpoint, "unreachable")
+            raise GitHubUnavailable(f"{endpoint}: {type(error).__name__}") from None
+        self._count(endpoint, str(response.status_code))
+        if response.status_code >= 500:
+            raise GitHubUnavailable(f"{endpoint}: GitHub answered {response.status_code}")
+        return response
+
+    def _count(self, endpoint: str, status: str) -> None:
+        if self.metrics is not None:
+            self.metrics.github_calls.labels(self.instance.name, endpoint, status).inc()
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        org: str,
+        endpoint: str,
+        etag: str | None = None,
+        body: Any = None,
+    ) -> Reply:
+        app, installation = self._app_for(org)
+        if method != "GET":
+            await app.bucket.take(MUTATION_POINTS)
+        for attempt in (1, 2):
+            token = await self._installation_token(app, installation)
+            headers = {"Authorization": f"Bearer {token}"}
+            if etag:
+                headers["If-None-Match"] = etag
+            response = await self._send(method, path, endpoint, headers, body)
+            self._note_budget(app, response)
+            if response.status_code == 401 and attempt == 1:
+                app.tokens.pop(installation, None)  # revoked or expired early: fetch anew
+                continue
+            break
+        self._raise_for_limits(response, endpoint)
+        payload = response.json() if response.content else None
+        return Reply(response.status_code, payload, response.headers.get("etag"))
+
+    def _note_budget(self, app: AppCredentials, response: httpx.Response) -> None:
+        remaining = response.headers.get("x-ratelimit-remaining")
+        if remaining is not None and remaining.isdigit():
+            app.remaining = int(remaining)
+            if self.metrics is not None:
+                self.metrics.github_budget.labels(self.instance.name, str(app.app_id)).set(
+                    app.remaining
+                )
+
+    def _raise_for_limits(self, response: httpx.Response, endpoint: str) -> None:
+        if response.status_code not in (401, 403, 429):
+            return
+        retry_after = response.headers.get("retry-after")
+        if retry_after is not None:
+            raise RateLimited(f"{endpoint}: secondary rate limit", float(retry_after))
+        if response.headers.get("x-ratelimit-remaining") == "0":
+            reset = float(response.headers.get("x-ratelimit-reset") or 0)
+            raise RateLimited(f"{endpoint}: primary rate limit", max(60.0, reset - self.clock()))
+        if response.status_code == 429:
+            raise RateLimited(f"{endpoint}: too many requests", 60.0)
+        raise GitHubAuthError(f"{endpoint}: GitHub answered {response.status_code}")
+
+    # -- endpoints the controller uses --
+
+    async def team_membership(
+        self, org: str, team: str, user: str, etag: str | None = None
+    ) -> Reply:
+        """200 with ``{role, state}``, 304 (unchanged since ``etag``) or 404 (not a member)."""
+        return await self.request(
+            "GET",
+            f"/orgs/{org}/teams/{team}/memberships/{user}",
+            org=org,
+            endpoint="team_membership",
+            etag=etag,
+        )
+
+    async def cancel_run(self, org: str, repository: str, run_id: int) -> Reply:
+        return await self.request(
+            "POST",
+            f"/repos/{repository}/actions/runs/{run_id}/cancel",
+            org=org,
+            endpoint="cancel_run",
+        )
+
+    async def generate_jitconfig(
+        self, org: str, name: str, runner_group_id: int, labels: list[str]
+    ) -> Reply:
+        return await self.request(
+            "POST",
+            f"/orgs/{org}/actions/runners/generate-jitconfig",
+            org=org,
+            endpoint="generate_jitconfig",
+            body={"name": name, "runner_group_id": runner_group_id, "labels": labels},
+        )
+
+
+def _parse_time(text: str) -> float:
+    from datetime import datetime
+
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()

@@ -1,0 +1,88 @@
+"""The controller's settings: the one place that reads the environment.
+
+Every setting has a default and a one-line description. The platform spec and the
+runtime facts are files (the ConfigMap mounted by the deployment); secrets are files
+under ``secrets_dir/<secret name>/<key>``, never environment variables.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Settings:
+    spec_path: Path = Path("/etc/runner-platform/spec.json")
+    """Validated PlatformSpec JSON (RUNNER_PLATFORM_SPEC)."""
+    runtime_path: Path | None = Path("/etc/runner-platform/runtime.json")
+    """RuntimeFacts JSON: role ARNs, Redis endpoint (RUNNER_PLATFORM_RUNTIME)."""
+    secrets_dir: Path = Path("/var/run/secrets/runner-platform")
+    """Mounted Secrets, one folder per Secret (RUNNER_PLATFORM_SECRETS_DIR)."""
+    redis_url: str | None = None
+    """Overrides the Redis endpoint of the runtime facts (RUNNER_PLATFORM_REDIS_URL)."""
+    host: str = "0.0.0.0"
+    """Address the webhook server listens on (RUNNER_PLATFORM_HOST)."""
+    port: int = 8080
+    """Port of webhooks, health and metrics (RUNNER_PLATFORM_PORT)."""
+    member_ttl_seconds: int = 300
+    """How long a positive team-membership answer is cached (RUNNER_PLATFORM_MEMBER_TTL)."""
+    negative_ttl_seconds: int = 60
+    """How long a negative answer is cached (RUNNER_PLATFORM_NEGATIVE_TTL)."""
+    dedupe_ttl_seconds: int = 8 * 24 * 3600
+    """How long delivery ids are remembered; GHES redelivers 7 days back (…_DEDUPE_TTL)."""
+    audit_max_records: int = 1_000_000
+    """Approximate bound on the audit stream (RUNNER_PLATFORM_AUDIT_MAX)."""
+    cancel_denied_runs: bool = False
+    """Cancel the workflow run of a denied job through the API (…_CANCEL_DENIED)."""
+    log_level: str = "INFO"
+    """Python log level (RUNNER_PLATFORM_LOG_LEVEL)."""
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None) -> Settings:
+        env = dict(os.environ if env is None else env)
+        names = {
+            "spec_path": "RUNNER_PLATFORM_SPEC",
+            "runtime_path": "RUNNER_PLATFORM_RUNTIME",
+            "secrets_dir": "RUNNER_PLATFORM_SECRETS_DIR",
+            "redis_url": "RUNNER_PLATFORM_REDIS_URL",
+            "host": "RUNNER_PLATFORM_HOST",
+            "port": "RUNNER_PLATFORM_PORT",
+            "member_ttl_seconds": "RUNNER_PLATFORM_MEMBER_TTL",
+            "negative_ttl_seconds": "RUNNER_PLATFORM_NEGATIVE_TTL",
+            "dedupe_ttl_seconds": "RUNNER_PLATFORM_DEDUPE_TTL",
+            "audit_max_records": "RUNNER_PLATFORM_AUDIT_MAX",
+            "cancel_denied_runs": "RUNNER_PLATFORM_CANCEL_DENIED",
+            "log_level": "RUNNER_PLATFORM_LOG_LEVEL",
+        }
+        values: dict[str, object] = {}
+        for field in fields(cls):
+            raw = env.get(names[field.name])
+            if raw is None:
+                continue
+            default = getattr(cls, field.name)
+            try:
+                if isinstance(default, bool):
+                    values[field.name] = raw.lower() in ("1", "true", "yes")
+                elif isinstance(default, int):
+                    values[field.name] = int(raw)
+                elif field.name.endswith(("_path", "_dir")):
+                    values[field.name] = Path(raw) if raw else None
+                else:
+                    values[field.name] = raw
+            except ValueError:
+                raise ValueError(f"{names[field.name]}={raw!r} is not a valid value") from None
+        return cls(**values)  # type: ignore[arg-type]
+
+    def secret(self, name: str, key: str) -> bytes:
+        """A mounted Secret's value; a missing one is an error that names its path."""
+        path = self.secrets_dir / name / key
+        try:
+            return path.read_bytes().strip()
+        except FileNotFoundError:
+            raise MissingSecret(f"secret {name}/{key} is not mounted at {path}") from None
+
+
+class MissingSecret(RuntimeError):
+    pass
