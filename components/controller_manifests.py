@@ -21,7 +21,6 @@ REDIS_SECRET = "runner-controller-redis"
 CONFIG_DIR = "/etc/runner-platform"
 SECRETS_DIR = "/var/run/secrets/runner-platform"
 WEBHOOK_PORT = 8080
-METRICS_PORT = 9090
 HASH_ANNOTATION = "runner-platform.io/config-hash"
 METADATA_CIDRS = ("169.254.169.254/32", "169.254.170.23/32")  # IMDS, EKS Pod Identity
 SELECTOR = {"app.kubernetes.io/name": CONTROLLER_NAME}
@@ -203,6 +202,14 @@ def deployment(spec: PlatformSpec, hash_value: Any) -> Manifest:
         ),
     ]
     probe = {"httpGet": {"port": "http"}, "periodSeconds": 10, "timeoutSeconds": 2}
+    env = [
+        {"name": "RUNNER_PLATFORM_SPEC", "value": f"{CONFIG_DIR}/spec.json"},
+        {"name": "RUNNER_PLATFORM_RUNTIME", "value": f"{CONFIG_DIR}/runtime.json"},
+        {"name": "RUNNER_PLATFORM_SECRETS_DIR", "value": SECRETS_DIR},
+        {"name": "RUNNER_PLATFORM_PORT", "value": str(WEBHOOK_PORT)},
+        {"name": "AWS_REGION", "value": spec.cluster.region},
+    ]
+    resources = {"requests": {"cpu": "250m", "memory": "256Mi"}, "limits": {"memory": "512Mi"}}
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -245,20 +252,8 @@ def deployment(spec: PlatformSpec, hash_value: Any) -> Manifest:
                             "args": ["serve"],
                             "ports": [
                                 {"name": "http", "containerPort": WEBHOOK_PORT},
-                                {"name": "metrics", "containerPort": METRICS_PORT},
                             ],
-                            "env": [
-                                {
-                                    "name": "RUNNER_PLATFORM_SPEC",
-                                    "value": f"{CONFIG_DIR}/spec.json",
-                                },
-                                {
-                                    "name": "RUNNER_PLATFORM_RUNTIME",
-                                    "value": f"{CONFIG_DIR}/runtime.json",
-                                },
-                                {"name": "RUNNER_PLATFORM_SECRETS_DIR", "value": SECRETS_DIR},
-                                {"name": "AWS_REGION", "value": spec.cluster.region},
-                            ],
+                            "env": env,
                             "livenessProbe": {
                                 **probe,
                                 "httpGet": {"path": "/healthz", "port": "http"},
@@ -267,13 +262,21 @@ def deployment(spec: PlatformSpec, hash_value: Any) -> Manifest:
                                 **probe,
                                 "httpGet": {"path": "/readyz", "port": "http"},
                             },
-                            "resources": {
-                                "requests": {"cpu": "250m", "memory": "256Mi"},
-                                "limits": {"memory": "512Mi"},
-                            },
+                            "resources": resources,
                             "securityContext": _CONTAINER_SECURITY,
                             "volumeMounts": mounts,
-                        }
+                        },
+                        {
+                            # Verifies queued jobs of every scale set (consumer groups
+                            # share the work between replicas).
+                            "name": "listener",
+                            "image": settings.image,
+                            "args": ["listen"],
+                            "env": env,
+                            "resources": resources,
+                            "securityContext": _CONTAINER_SECURITY,
+                            "volumeMounts": mounts,
+                        },
                     ],
                     "volumes": volumes,
                 },
@@ -298,10 +301,9 @@ def service(spec: PlatformSpec) -> Manifest:
         "metadata": _meta(CONTROLLER_NAME, spec.controller.namespace, labels=SELECTOR),
         "spec": {
             "selector": SELECTOR,
-            "ports": [
-                {"name": "http", "port": 80, "targetPort": "http"},
-                {"name": "metrics", "port": METRICS_PORT, "targetPort": "metrics"},
-            ],
+            # Webhooks, health and /metrics share one port; the Ingress exposes only
+            # the webhook paths, so metrics stay inside the cluster.
+            "ports": [{"name": "http", "port": 80, "targetPort": "http"}],
         },
     }
 
@@ -408,21 +410,7 @@ def network_policies(spec: PlatformSpec) -> list[Manifest]:
             {
                 "podSelector": {"matchLabels": SELECTOR},
                 "policyTypes": ["Ingress"],
-                "ingress": [
-                    {"ports": [{"protocol": "TCP", "port": WEBHOOK_PORT}]},
-                    {
-                        "from": [
-                            {
-                                "namespaceSelector": {
-                                    "matchLabels": {
-                                        "kubernetes.io/metadata.name": spec.observability.namespace
-                                    }
-                                }
-                            }
-                        ],
-                        "ports": [{"protocol": "TCP", "port": METRICS_PORT}],
-                    },
-                ],
+                "ingress": [{"ports": [{"protocol": "TCP", "port": WEBHOOK_PORT}]}],
             },
         )
     )

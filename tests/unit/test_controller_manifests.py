@@ -132,3 +132,25 @@ def test_namespaces_come_before_what_lives_in_them(dev_spec: PlatformSpec) -> No
         assert namespace is None or namespace in seen, obj["metadata"]
         if obj["kind"] == "Namespace":
             seen.add(obj["metadata"]["name"])
+
+
+def test_the_pod_runs_the_router_and_the_listeners(dev_spec: PlatformSpec) -> None:
+    deployment = _find(_objects(dev_spec), "Deployment", "runner-controller", "runner-platform")
+    containers = deployment["spec"]["template"]["spec"]["containers"]
+    assert [(c["name"], c["args"]) for c in containers] == [
+        ("controller", ["serve"]),
+        ("listener", ["listen"]),
+    ]
+    for container in containers:
+        names = {e["name"] for e in container["env"]}
+        assert {
+            "RUNNER_PLATFORM_SPEC",
+            "RUNNER_PLATFORM_RUNTIME",
+            "RUNNER_PLATFORM_SECRETS_DIR",
+        } <= names
+        assert container["securityContext"]["readOnlyRootFilesystem"] is True
+
+
+def test_controller_accepts_only_its_webhook_port(dev_spec: PlatformSpec) -> None:
+    policy = _find(_objects(dev_spec), "NetworkPolicy", "runner-controller", "runner-platform")
+    assert policy["spec"]["ingress"] == [{"ports": [{"protocol": "TCP", "port": 8080}]}]
