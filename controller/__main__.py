@@ -142,6 +142,38 @@ def _audit(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _access_matrix(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    import yaml
+
+    from controller.access import access_matrix, render_matrix
+    from controller.model import SpecError, load_spec
+
+    path = Path(args.config or f"Pulumi.{args.stack}.yaml")
+    try:
+        config = yaml.safe_load(path.read_text())["config"]
+        spec = load_spec(
+            {
+                key.split(":", 1)[1]: value
+                for key, value in config.items()
+                if key.startswith("runner-platform:")
+            }
+        )
+    except FileNotFoundError:
+        print(f"controller: no stack config at {path}", file=sys.stderr)
+        return 2
+    except SpecError as error:
+        print(f"controller: {error}", file=sys.stderr)
+        return 2
+    rows = access_matrix(spec)
+    if args.json:
+        print(json.dumps([row.__dict__ for row in rows], indent=2))
+    else:
+        print(render_matrix(rows))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="runner-controller")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -157,7 +189,15 @@ def main(argv: list[str] | None = None) -> int:
     audit.add_argument("--limit", type=int, default=50)
     audit.add_argument("--json", action="store_true", help="one JSON record per line")
     audit.add_argument("--redis-url", help="instead of the settings' Redis")
+    matrix = commands.add_parser(
+        "access-matrix", help="which repositories reach which IAM and Vault roles"
+    )
+    matrix.add_argument("--stack", default="dev", help="reads Pulumi.<stack>.yaml")
+    matrix.add_argument("--config", help="a stack config file instead")
+    matrix.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
+    if args.command == "access-matrix":
+        return _access_matrix(args)
     try:
         settings = Settings.from_env()
     except ValueError as error:
