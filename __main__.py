@@ -14,7 +14,7 @@ from components.github_oidc import GitHubOidc
 from components.karpenter import Karpenter
 from components.node_pools import NodePools
 from components.observability import Observability
-from components.stack_config import load_stack_spec
+from components.stack_config import load_stack_spec, load_vault_token
 from components.vault import VaultAuth
 
 spec = load_stack_spec()
@@ -32,7 +32,7 @@ NodePools(
     depends_on=[karpenter.release, cilium.release],
 )
 oidc = GitHubOidc("github-oidc", spec, account_id, partition)
-vault = VaultAuth("vault", spec)
+vault = VaultAuth("vault", spec, load_vault_token())
 controller = ControllerDeployment(
     "controller", spec, cluster, cluster.vpc_id, oidc.role_arns, vault.mount_paths
 )

@@ -42,3 +42,9 @@ def load_stack_spec(config: pulumi.Config | None = None) -> PlatformSpec:
             f"'{aws_region}'; set both to the same region"
         )
     return spec
+
+
+def load_vault_token(config: pulumi.Config | None = None) -> pulumi.Output[str]:
+    """The token the Vault provider applies configuration with (a stack secret)."""
+    config = config or pulumi.Config(CONFIG_NAMESPACE)
+    return config.require_secret("vault_token")

@@ -1,9 +1,8 @@
 """Vault (or OpenBao) JWT auth for runners: a mount per GitHub instance, a role per team.
 
-This module owns the desired configuration as data (:func:`vault_config`); the hvac
-dynamic provider that applies it to a live server is a later piece of work (issue 5), and
-will consume exactly this data. The component publishes the configuration in its inputs
-so the policy pack can hold every role's token TTL to at most an hour today.
+This module owns the desired configuration as data (:func:`vault_config`); the component
+applies it with the hvac dynamic provider (components/vault_provider.py), one resource per
+mount, role and policy, and publishes it in its own inputs too so the policy pack sees it.
 """
 
 from __future__ import annotations
@@ -12,6 +11,7 @@ from typing import Any
 
 import pulumi
 
+from components.vault_provider import VaultObject
 from controller.model import PlatformSpec, Team
 
 
@@ -67,19 +67,47 @@ def vault_config(spec: PlatformSpec) -> dict[str, Any]:
 
 
 class VaultAuth(pulumi.ComponentResource):
-    """The desired Vault JWT configuration of the platform."""
+    """The platform's Vault JWT configuration, applied by the hvac dynamic provider."""
 
     mount_paths: dict[str, str]
 
     def __init__(
-        self, name: str, spec: PlatformSpec, opts: pulumi.ResourceOptions | None = None
+        self,
+        name: str,
+        spec: PlatformSpec,
+        token: pulumi.Input[str],
+        opts: pulumi.ResourceOptions | None = None,
     ) -> None:
         config = vault_config(spec)
         super().__init__(
-            "runner-platform:vault:VaultAuth",
-            name,
-            {"address": spec.vault.address, **config},
-            opts,
+            "runner-platform:vault:VaultAuth", name, {"address": spec.vault.address, **config}, opts
         )
+        connection = {"address": spec.vault.address, "token": token}
+        mounts = {
+            mount["path"]: VaultObject(
+                f"{name}-{mount['path']}",
+                {**connection, "kind": "jwt-mount", **mount},
+                pulumi.ResourceOptions(parent=self),
+            )
+            for mount in config["mounts"]
+        }
+        policies = {
+            policy["name"]: VaultObject(
+                f"{name}-policy-{policy['name']}",
+                {**connection, "kind": "policy", **policy},
+                pulumi.ResourceOptions(parent=self),
+            )
+            for policy in config["policies"]
+        }
+        for role in config["roles"]:
+            needs = [
+                mounts[role["mount"]],
+                *(policies[p] for p in role["tokenPolicies"] if p in policies),
+            ]
+            VaultObject(
+                f"{name}-role-{role['name']}",
+                {**connection, "kind": "jwt-role", **role},
+                pulumi.ResourceOptions(parent=self, depends_on=needs),
+            )
         self.mount_paths = {i.name: mount_path(i.name) for i in spec.github_instances}
-        self.register_outputs({"mount_paths": self.mount_paths, "roles": config["roles"]})
+        self.register_outputs({"mount_paths": self.mount_paths})

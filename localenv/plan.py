@@ -15,7 +15,7 @@ from typing import Any
 
 import pulumi
 
-from localenv.pulumi_mocks import ROOT, Recorded, run_program, stack_config
+from localenv.pulumi_mocks import ROOT, Recorded, mock_config, run_program
 from policies.evaluate import evaluate
 
 _KEY_PROPS: dict[str, tuple[tuple[str, ...], ...]] = {
@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"plan: no stack config at {stack_file}", file=sys.stderr)
         return 2
     try:
-        recording = run_program(stack_config(stack_file), stack=args.stack)
+        recording = run_program(mock_config(stack_file), stack=args.stack)
     except pulumi.RunError as error:
         print(f"plan: {error}", file=sys.stderr)
         return 2

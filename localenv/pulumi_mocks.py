@@ -125,6 +125,16 @@ def stack_config(stack_file: Path) -> dict[str, str]:
     return flat
 
 
+# Secrets a stack sets with `pulumi config set --secret`; the committed stack files cannot
+# hold them unencrypted, so runs under mocks (tests, `make plan`) stand in a placeholder.
+PLACEHOLDER_SECRETS = {"runner-platform:vault_token": "placeholder-not-a-token"}
+
+
+def mock_config(stack_file: Path) -> dict[str, str]:
+    """A stack's config plus placeholders for the secrets it cannot commit."""
+    return {**PLACEHOLDER_SECRETS, **stack_config(stack_file)}
+
+
 def _ensure_event_loop() -> None:
     """The SDK runs on the thread's current event loop; an asyncio.run() elsewhere in the
     same process leaves none behind. Reuse a usable loop, else install one."""

@@ -13,11 +13,11 @@ import yaml
 from components.controller_manifests import HASH_ANNOTATION, config_hash
 from controller.model import PlatformSpec, RuntimeFacts, load_spec_json
 from localenv import plan
-from localenv.pulumi_mocks import RecordingMocks, run_program, stack_config
+from localenv.pulumi_mocks import RecordingMocks, mock_config, run_program
 from policies.evaluate import evaluate
 from tests.conftest import ROOT
 
-DEV_CONFIG = stack_config(ROOT / "Pulumi.dev.yaml")
+DEV_CONFIG = mock_config(ROOT / "Pulumi.dev.yaml")
 
 
 @pytest.fixture(scope="module")
@@ -191,3 +191,22 @@ def test_irsa_roles_trust_exactly_one_service_account(
         f"{issuer}:aud": "sts.amazonaws.com",
         f"{issuer}:sub": subject,
     }
+
+
+def test_vault_objects_are_declared_with_the_secret_token(dev_run: RecordingMocks) -> None:
+    objects = [r.inputs for r in dev_run.of_type("pulumi-python:dynamic:Resource")]
+    kinds = sorted(o["kind"] for o in objects)
+    assert kinds == ["jwt-mount"] * 2 + ["jwt-role"] * 3 + ["policy"] * 3
+    ml = next(o for o in objects if o["kind"] == "jwt-role" and o["name"] == "ml")
+    assert (ml["mount"], ml["tokenTtl"], ml["boundClaims"]) == (
+        "jwt-ghes",
+        900,
+        {"repository": ["research/models", "research/training-*"]},
+    )
+    assert all(o["address"] == "https://vault.acme.internal:8200" for o in objects)
+
+
+def test_a_missing_vault_token_stops_the_program() -> None:
+    config = {k: v for k, v in DEV_CONFIG.items() if k != "runner-platform:vault_token"}
+    with pytest.raises(Exception, match="vault_token"):
+        run_program(config)

@@ -1,0 +1,132 @@
+"""The Vault dynamic provider against a live OpenBao, then logins with emulator tokens."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import hvac
+import hvac.exceptions
+import pytest
+
+from components.vault import team_policy_hcl, vault_config
+from components.vault_provider import VaultObjectProvider, exists
+from localenv.github import GitHubEmulator
+from localenv.services import OpenBao
+from tests.integration.router_support import dev_spec
+
+
+def _objects(
+    openbao: OpenBao, cloud: GitHubEmulator, ghes: GitHubEmulator, suffix: str
+) -> list[dict[str, Any]]:
+    """The spec's Vault config, pointed at the emulators' issuers and unique mount paths."""
+    spec = dev_spec()
+    config = vault_config(spec)
+    issuers = {"jwt-cloud": cloud.oidc.issuer, "jwt-ghes": ghes.oidc.issuer}
+    connection = {"address": openbao.address, "token": openbao.token}
+    objects: list[dict[str, Any]] = []
+    for mount in config["mounts"]:
+        objects.append(
+            {
+                **connection,
+                "kind": "jwt-mount",
+                "path": f"{mount['path']}-{suffix}",
+                "oidcDiscoveryUrl": issuers[mount["path"]],
+                "boundIssuer": issuers[mount["path"]],
+            }
+        )
+    for policy in config["policies"]:
+        objects.append(
+            {
+                **connection,
+                "kind": "policy",
+                "name": f"{policy['name']}-{suffix}",
+                "policy": policy["policy"],
+            }
+        )
+    for role in config["roles"]:
+        objects.append(
+            {
+                **connection,
+                **role,
+                "kind": "jwt-role",
+                "mount": f"{role['mount']}-{suffix}",
+                "tokenPolicies": [f"{p}-{suffix}" for p in role["tokenPolicies"]],
+            }
+        )
+    return objects
+
+
+def test_create_update_diff_and_delete_against_openbao(
+    openbao: OpenBao, github_cloud: GitHubEmulator, github_ghes: GitHubEmulator
+) -> None:
+    provider = VaultObjectProvider()
+    suffix = uuid.uuid4().hex[:6]
+    objects = _objects(openbao, github_cloud, github_ghes, suffix)
+    created = [provider.create(props) for props in objects]
+    assert all(exists(props) for props in objects)
+    role = next(p for p in objects if p["kind"] == "jwt-role" and p["name"] == "web")
+    role_id = next(c.id for c in created if c.id == f"jwt-role:jwt-cloud-{suffix}/web")
+
+    widened = {**role, "boundClaims": {"repository": ["acme-corp/storefront"]}}
+    diff = provider.diff(role_id, role, widened)
+    assert (diff.changes, diff.replaces) == (True, [])  # bound claims change in place
+    provider.update(role_id, role, widened)
+    client: Any = openbao.client()
+    read = client.auth.jwt.read_role("web", path=f"jwt-cloud-{suffix}")["data"]
+    assert read["bound_claims"] == {"repository": ["acme-corp/storefront"]}
+    assert read["token_ttl"] == 900
+
+    mount = next(p for p in objects if p["kind"] == "jwt-mount")
+    moved = provider.diff("id", mount, {**mount, "path": f"elsewhere-{suffix}"})
+    assert moved.replaces == ["path"]
+    assert provider.diff("id", mount, {**mount, "token": "rotated"}).changes is False
+
+    for props in reversed(objects):
+        provider.delete("id", props)
+    assert not any(exists(props) for props in objects)
+
+
+def test_a_teams_token_reads_its_own_secret_and_nothing_else(
+    openbao: OpenBao, github_cloud: GitHubEmulator, github_ghes: GitHubEmulator
+) -> None:
+    provider = VaultObjectProvider()
+    suffix = uuid.uuid4().hex[:6]
+    objects = _objects(openbao, github_cloud, github_ghes, suffix)
+    for props in objects:
+        provider.create(props)
+    root: Any = openbao.client()
+    root.secrets.kv.v2.create_or_update_secret(path="runners/web/db", secret={"k": "web"})
+    root.secrets.kv.v2.create_or_update_secret(path="runners/ml/db", secret={"k": "ml"})
+    try:
+        token = github_cloud.oidc.mint(
+            github_cloud.oidc.claims("acme-corp/web-shop", audience="runner-platform-vault")
+        )
+        login = root.auth.jwt.jwt_login("web", token, path=f"jwt-cloud-{suffix}")
+        assert login["auth"]["lease_duration"] == 900
+        web = hvac.Client(url=openbao.address, token=login["auth"]["client_token"])
+        assert web.secrets.kv.v2.read_secret_version(
+            path="runners/web/db", raise_on_deleted_version=True
+        )["data"]["data"] == {"k": "web"}
+        with pytest.raises(hvac.exceptions.Forbidden):
+            web.secrets.kv.v2.read_secret_version(
+                path="runners/ml/db", raise_on_deleted_version=True
+            )
+        with pytest.raises(hvac.exceptions.InvalidRequest):
+            root.auth.jwt.jwt_login("ml", token, path=f"jwt-cloud-{suffix}")
+        other = github_ghes.oidc.mint(
+            github_ghes.oidc.claims("research/models", audience="runner-platform-vault")
+        )
+        with pytest.raises(hvac.exceptions.InvalidRequest):  # ml's token, web's mount
+            root.auth.jwt.jwt_login("web", other, path=f"jwt-cloud-{suffix}")
+    finally:
+        for props in reversed(objects):
+            provider.delete("id", props)
+
+
+def test_team_policy_names_only_the_teams_paths() -> None:
+    spec = dev_spec()
+    for team in spec.teams:
+        hcl = team_policy_hcl(team)
+        others = [t.name for t in spec.teams if t.name != team.name]
+        assert all(f"runners/{other}/" not in hcl for other in others)
