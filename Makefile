@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | sha256s
 STACK ?= dev
 
 .PHONY: setup plan check lint typecheck contracts test schema docs clean k8s-bins localenv-deps \
-	bench bench-ingest bench-verifier
+	bench bench-ingest bench-verifier bench-oidc
 
 $(STAMP): pyproject.toml constraints.txt
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python >= 3.11 is required")'
@@ -47,13 +47,16 @@ test: $(STAMP) localenv-deps k8s-bins
 
 check: lint typecheck contracts test ## Everything CI runs: lint, types, layers, tests
 
-bench: bench-ingest bench-verifier ## All benchmarks; figures in bench/results/*.json
+bench: bench-ingest bench-verifier bench-oidc ## All benchmarks; figures in bench/results/*.json
 
 bench-ingest: $(STAMP) localenv-deps ## Durable deliveries/s on one core, p50/p99 at 2,000/s
 	$(PY) bench/ingest.py
 
 bench-verifier: $(STAMP) localenv-deps ## Verifier cache-hit latency and API calls per 1,000 jobs
 	$(PY) bench/verifier.py
+
+bench-oidc: $(STAMP) ## GitHub OIDC validations/s with a warm JWKS cache, one core
+	$(PY) bench/oidc.py
 
 schema: $(STAMP) ## Regenerate the JSON Schema of the stack config
 	$(PY) -m controller.schema json > docs/schema/platform-spec.schema.json
