@@ -31,13 +31,13 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.results_file import save  # noqa: E402
 from controller import signatures  # noqa: E402
 from controller.model import load_spec  # noqa: E402
 from localenv.process import free_port  # noqa: E402
 from localenv.services import Redis  # noqa: E402
 
 SECRET = b"bench-secret"
-RESULTS = ROOT / "bench" / "results"
 
 
 def _spec_document() -> dict[str, Any]:
@@ -274,9 +274,7 @@ def main() -> int:
             "p99_ms_at_2000_per_second": "<= 20",
         },
     }
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "ingest.json").write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result, indent=2))
+    save("ingest", result)
     return 0
 
 

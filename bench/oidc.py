@@ -8,7 +8,6 @@ bench/results/oidc.json; nothing asserts a speed.
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
@@ -18,6 +17,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.results_file import save  # noqa: E402
 from controller.model import load_spec  # noqa: E402
 from controller.oidc import OidcValidator  # noqa: E402
 from localenv.github.oidc import OidcIssuer  # noqa: E402
@@ -68,10 +68,7 @@ def main() -> int:
         "microseconds_per_validation": round(elapsed / count * 1e6, 1),
         "target": ">= 5,000/s on one core",
     }
-    out = ROOT / "bench" / "results"
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "oidc.json").write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result, indent=2))
+    save("oidc", result)
     return 0
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import copy
-import json
 import random
 import sys
 import time
@@ -24,6 +23,7 @@ sys.path.insert(0, str(ROOT))
 import redis.asyncio as aioredis  # noqa: E402
 import yaml  # noqa: E402
 
+from bench.results_file import save  # noqa: E402
 from controller.github_client import AppCredentials, GitHubClient  # noqa: E402
 from controller.model import load_spec  # noqa: E402
 from controller.verifier import TeamVerifier  # noqa: E402
@@ -135,11 +135,7 @@ async def run() -> dict[str, Any]:
 
 
 def main() -> int:
-    result = asyncio.run(run())
-    out = ROOT / "bench" / "results"
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "verifier.json").write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result, indent=2))
+    save("verifier", asyncio.run(run()))
     return 0
 
 
