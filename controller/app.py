@@ -227,8 +227,8 @@ class WebhookApp:
             action: str | None = job.action
         except BadPayload:
             action = action_of(raw)  # an action GitHub added later is ignored, not refused
-            if action in USED_ACTIONS or action == "waiting":
-                raise
+            if action is None or action in USED_ACTIONS or action == "waiting":
+                raise  # a known (or missing) action with a bad body is malformed
         if action not in USED_ACTIONS:
             audit.decision, audit.reason = "ignored", f"action {str(action)[:40]}"
             await self.audit.record(audit)

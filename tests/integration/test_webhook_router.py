@@ -125,6 +125,8 @@ def test_ping_other_events_and_unused_actions(http: httpx.Client, store: redis_s
     waiting = encode(job_payload(action="waiting"))
     assert post(http, waiting, signed(waiting)).json()["status"] == "ignored"
     assert last_audit(store)["reason"] == "action waiting"
+    future = encode({"action": "requeued", "workflow_job": {"id": "new shape"}})
+    assert post(http, future, signed(future)).json()["status"] == "ignored"
     assert store.xlen(queue_key("web-warm")) == 0
 
 
@@ -206,6 +208,13 @@ BAD_INPUTS = [
         "body is not valid JSON",
     ),
     ("not an object", b"[1, 2, 3]", {}, 400, "body is not a JSON object"),
+    (
+        "no action",
+        encode({k: v for k, v in job_payload().items() if k != "action"}),
+        {},
+        400,
+        "action: missing",
+    ),
     (
         "missing job",
         encode({"action": "queued", "sender": {"login": "a"}}),
