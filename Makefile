@@ -35,12 +35,16 @@ contracts: $(STAMP)
 k8s-bins: ## Build kube-apiserver & co., etcd, KWOK, Karpenter-KWOK from Go modules (cached)
 	@bash localenv/build-k8s.sh >/dev/null
 
-localenv-deps: ## Debian packages the local environment runs (redis-server)
-	@command -v redis-server >/dev/null || { \
-	  if [ "$$(id -u)" = 0 ]; then \
-	    apt-get install -y --no-install-recommends redis-server >/dev/null 2>&1 || \
-	    { apt-get update >/dev/null && apt-get install -y --no-install-recommends redis-server; }; \
-	  else echo "redis-server is missing: sudo apt-get install redis-server" >&2; exit 1; fi; }
+
+localenv-deps: ## Debian packages the local environment runs (redis-server, postgresql)
+	@missing=""; command -v redis-server >/dev/null || missing="$$missing redis-server"; \
+	  ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || missing="$$missing postgresql"; \
+	  if [ -n "$$missing" ]; then \
+	    if [ "$$(id -u)" = 0 ]; then \
+	      apt-get install -y --no-install-recommends $$missing >/dev/null 2>&1 || \
+	      { apt-get update >/dev/null && apt-get install -y --no-install-recommends $$missing; }; \
+	    else echo "missing Debian packages:$$missing (sudo apt-get install$$missing)" >&2; exit 1; fi; \
+	  fi
 
 test: $(STAMP) localenv-deps k8s-bins
 	$(VENV)/bin/pytest

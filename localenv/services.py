@@ -6,12 +6,16 @@ Each starts on a free loopback port with its own log, answers a real client befo
 
 from __future__ import annotations
 
+import os
+import secrets
 import shutil
+import subprocess
 import sys
 import tempfile
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from localenv.process import LocalEnvError, ManagedProcess, free_port
 
@@ -151,6 +155,120 @@ class Moto:
             region_name="us-west-2",
             aws_access_key_id="testing",
             aws_secret_access_key="testing",
+        )
+
+    def stop(self) -> None:
+        if self.process:
+            self.process.stop()
+
+
+def _postgres_bin(name: str) -> str:
+    found = sorted(Path("/usr/lib/postgresql").glob(f"*/bin/{name}"))
+    if not found:
+        raise LocalEnvError(f"PostgreSQL's {name} is not installed: run `make localenv-deps`")
+    return str(found[-1])  # the newest major version installed
+
+
+@dataclass
+class Postgres:
+    """Debian's PostgreSQL server on a loopback port, with an admin that uses a password.
+
+    PostgreSQL refuses to run as root, so as root (CI) every step runs as the ``postgres``
+    system user through ``runuser``. fsync is off: the data is thrown away.
+    """
+
+    workdir: Path = field(default_factory=lambda: _workdir("postgres"))
+    port: int = field(default_factory=free_port)
+    admin: str = "vaultadmin"
+    password: str = field(default_factory=lambda: secrets.token_urlsafe(18))
+    database: str = "runners"
+    process: ManagedProcess | None = None
+
+    def _as_postgres(self, argv: list[str]) -> list[str]:
+        return ["runuser", "-u", "postgres", "--", *argv] if os.geteuid() == 0 else argv
+
+    def start(self, timeout: float = 60.0) -> Postgres:
+        data = self.workdir / "data"
+        pwfile = self.workdir / "pwfile"
+        pwfile.write_text(self.password)
+        if os.geteuid() == 0:
+            shutil.chown(self.workdir, "postgres", "postgres")
+            shutil.chown(pwfile, "postgres", "postgres")
+        pwfile.chmod(0o600)
+        result = subprocess.run(
+            self._as_postgres(
+                [
+                    _postgres_bin("initdb"),
+                    "-D",
+                    str(data),
+                    "-U",
+                    self.admin,
+                    f"--pwfile={pwfile}",
+                    "--auth-local=trust",
+                    "--auth-host=scram-sha-256",
+                    "-E",
+                    "UTF8",
+                ]
+            ),
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if result.returncode != 0:
+            raise LocalEnvError(f"initdb failed:\n{result.stderr[-2000:]}")
+        self.process = ManagedProcess(
+            "postgres",
+            self._as_postgres(
+                [
+                    _postgres_bin("postgres"),
+                    "-D",
+                    str(data),
+                    "-p",
+                    str(self.port),
+                    "-h",
+                    "127.0.0.1",
+                    "-k",
+                    str(self.workdir),
+                    "-c",
+                    "fsync=off",
+                    "-c",
+                    "full_page_writes=off",
+                    "-c",
+                    "synchronous_commit=off",
+                ]
+            ),
+            self.workdir,
+        ).start()
+        self.process.wait_until(self._answers, timeout, "accepting connections")
+        with self.connect("postgres") as conn:
+            conn.autocommit = True
+            conn.run(f'CREATE DATABASE "{self.database}"')
+        return self
+
+    def connect(
+        self, database: str | None = None, user: str | None = None, password: str | None = None
+    ) -> Any:
+        import pg8000.native
+
+        return pg8000.native.Connection(
+            user or self.admin,
+            password=password or self.password,
+            host="127.0.0.1",
+            port=self.port,
+            database=database or self.database,
+            timeout=5,
+        )
+
+    def _answers(self) -> bool:
+        with self.connect("postgres") as conn:
+            return bool(conn.run("SELECT 1") == [[1]])
+
+    @property
+    def vault_connection_url(self) -> str:
+        """The database engine's connection URL template (Vault fills in the admin)."""
+        return (
+            f"postgresql://{{{{username}}}}:{{{{password}}}}@127.0.0.1:{self.port}/"
+            f"{self.database}?sslmode=disable"
         )
 
     def stop(self) -> None:

@@ -1,7 +1,7 @@
 """Real servers for integration tests, session-scoped, each started only if a test asks.
 
 Fixtures: ``kube_api`` (etcd + kube-apiserver), ``kube_nodes`` (+ scheduler, KWOK),
-``kube_karpenter`` (+ Karpenter's KWOK provider), ``redis_server``, ``openbao``,
+``kube_karpenter`` (+ Karpenter's KWOK provider), ``redis_server``, ``openbao``, ``postgres``,
 ``moto_server``, ``github_cloud``, ``github_ghes``. Each stops at the end of the session,
 and ``localenv.process`` stops anything left at interpreter exit.
 """
@@ -14,7 +14,7 @@ import pytest
 
 from localenv.github import GitHubEmulator
 from localenv.kube import ControlPlane, K8sBins, k8s_bins
-from localenv.services import Moto, OpenBao, Redis
+from localenv.services import Moto, OpenBao, Postgres, Redis
 
 
 @pytest.fixture(scope="session")
@@ -54,6 +54,13 @@ def redis_server() -> Iterator[Redis]:
 @pytest.fixture(scope="session")
 def openbao() -> Iterator[OpenBao]:
     server = OpenBao().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[Postgres]:
+    server = Postgres().start()
     yield server
     server.stop()
 

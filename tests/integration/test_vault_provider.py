@@ -9,52 +9,12 @@ import hvac
 import hvac.exceptions
 import pytest
 
-from components.vault import team_policy_hcl, vault_config
+from components.vault import team_policy_hcl
 from components.vault_provider import VaultObjectProvider, exists
 from localenv.github import GitHubEmulator
 from localenv.services import OpenBao
 from tests.integration.router_support import dev_spec
-
-
-def _objects(
-    openbao: OpenBao, cloud: GitHubEmulator, ghes: GitHubEmulator, suffix: str
-) -> list[dict[str, Any]]:
-    """The spec's Vault config, pointed at the emulators' issuers and unique mount paths."""
-    spec = dev_spec()
-    config = vault_config(spec)
-    issuers = {"jwt-cloud": cloud.oidc.issuer, "jwt-ghes": ghes.oidc.issuer}
-    connection = {"address": openbao.address, "token": openbao.token}
-    objects: list[dict[str, Any]] = []
-    for mount in config["mounts"]:
-        objects.append(
-            {
-                **connection,
-                "kind": "jwt-mount",
-                "path": f"{mount['path']}-{suffix}",
-                "oidcDiscoveryUrl": issuers[mount["path"]],
-                "boundIssuer": issuers[mount["path"]],
-            }
-        )
-    for policy in config["policies"]:
-        objects.append(
-            {
-                **connection,
-                "kind": "policy",
-                "name": f"{policy['name']}-{suffix}",
-                "policy": policy["policy"],
-            }
-        )
-    for role in config["roles"]:
-        objects.append(
-            {
-                **connection,
-                **role,
-                "kind": "jwt-role",
-                "mount": f"{role['mount']}-{suffix}",
-                "tokenPolicies": [f"{p}-{suffix}" for p in role["tokenPolicies"]],
-            }
-        )
-    return objects
+from tests.integration.vault_support import vault_objects
 
 
 def test_create_update_diff_and_delete_against_openbao(
@@ -62,7 +22,7 @@ def test_create_update_diff_and_delete_against_openbao(
 ) -> None:
     provider = VaultObjectProvider()
     suffix = uuid.uuid4().hex[:6]
-    objects = _objects(openbao, github_cloud, github_ghes, suffix)
+    objects = vault_objects(openbao, github_cloud, github_ghes, suffix)
     created = [provider.create(props) for props in objects]
     assert all(exists(props) for props in objects)
     role = next(p for p in objects if p["kind"] == "jwt-role" and p["name"] == "web")
@@ -92,7 +52,7 @@ def test_a_teams_token_reads_its_own_secret_and_nothing_else(
 ) -> None:
     provider = VaultObjectProvider()
     suffix = uuid.uuid4().hex[:6]
-    objects = _objects(openbao, github_cloud, github_ghes, suffix)
+    objects = vault_objects(openbao, github_cloud, github_ghes, suffix)
     for props in objects:
         provider.create(props)
     root: Any = openbao.client()
