@@ -23,13 +23,40 @@ def team_policy_name(team: Team) -> str:
     return f"runner-{team.name}"
 
 
+# The Vault entity of a job is its repository (``user_claim``), so the entity alias never
+# changes between logins and a policy template over its metadata scopes secrets per
+# repository. (With ``actor``, one person's concurrent jobs in two repositories would share
+# an alias whose metadata follows whichever logged in last.) The template uses the
+# repository *id*: Vault refuses "/" in a substitution, and ids survive renames.
+USER_CLAIM = "repository"
+CLAIM_MAPPINGS = {
+    "repository_id": "repository_id",
+    "actor": "actor",
+    "run_id": "run_id",
+    "ref": "ref",
+    "job_workflow_ref": "job_workflow_ref",
+}
+
+
+def accessor_placeholder(mount: str) -> str:
+    """Replaced by the mount's accessor when the provider applies the policy."""
+    return f"@@accessor:{mount}@@"
+
+
 def team_policy_hcl(team: Team) -> str:
-    """Read the team's own KV secrets and database credentials; nothing else."""
-    return (
-        f'path "secret/data/runners/{team.name}/*" {{\n  capabilities = ["read"]\n}}\n'
-        f'path "secret/metadata/runners/{team.name}/*" {{\n  capabilities = ["list"]\n}}\n'
-        f'path "database/creds/runner-{team.name}" {{\n  capabilities = ["read"]\n}}\n'
-    )
+    """The team's shared secrets (``runners/<team>/shared/``), the job's own repository's
+    (``runners/<team>/repos/<repository id>/``) and the team's database role."""
+    accessor = accessor_placeholder(mount_path(team.instance))
+    repository = f"{{{{identity.entity.aliases.{accessor}.metadata.repository_id}}}}"
+    base = f"secret/%s/runners/{team.name}"
+    rules = [
+        (base % "data" + "/shared/*", "read"),
+        (base % "metadata" + "/shared/*", "list"),
+        (base % "data" + f"/repos/{repository}/*", "read"),
+        (base % "metadata" + f"/repos/{repository}/*", "list"),
+        (f"database/creds/runner-{team.name}", "read"),
+    ]
+    return "".join(f'path "{path}" {{\n  capabilities = ["{cap}"]\n}}\n' for path, cap in rules)
 
 
 def vault_config(spec: PlatformSpec) -> dict[str, Any]:
@@ -49,7 +76,8 @@ def vault_config(spec: PlatformSpec) -> dict[str, Any]:
                 "mount": mount_path(team.instance),
                 "name": team.name,
                 "roleType": "jwt",
-                "userClaim": vault.user_claim,
+                "userClaim": USER_CLAIM,
+                "claimMappings": CLAIM_MAPPINGS,
                 # Vault >= 1.16.3 refuses tokens with an `aud` when none is bound.
                 "boundAudiences": [vault.audience],
                 "boundClaimsType": "glob",

@@ -13,6 +13,7 @@ secret and never leaves the provider as a plain output.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import pulumi
@@ -66,12 +67,30 @@ def apply(props: dict[str, Any]) -> None:
             token_policies=props["tokenPolicies"],
             token_ttl=props["tokenTtl"],
             token_max_ttl=props["tokenMaxTtl"],
+            claim_mappings=props.get("claimMappings"),
             path=props["mount"],
         )
     elif kind == "policy":
-        client.sys.create_or_update_policy(props["name"], props["policy"])
+        client.sys.create_or_update_policy(props["name"], _resolve_accessors(client, props))
     else:
         raise ValueError(f"unknown Vault object kind {kind!r}")
+
+
+_ACCESSOR = re.compile(r"@@accessor:([A-Za-z0-9_.-]+)@@")
+
+
+def _resolve_accessors(client: Any, props: dict[str, Any]) -> str:
+    """Policy templates name auth mounts by accessor, known only once the mount exists."""
+    mounts = client.sys.list_auth_methods()
+    mounts = mounts.get("data") or mounts
+
+    def accessor(match: re.Match[str]) -> str:
+        mount = mounts.get(f"{match.group(1)}/")
+        if mount is None:
+            raise ValueError(f"policy {props['name']}: auth mount {match.group(1)} is missing")
+        return str(mount["accessor"])
+
+    return _ACCESSOR.sub(accessor, str(props["policy"]))
 
 
 def remove(props: dict[str, Any]) -> None:

@@ -573,8 +573,6 @@ class VaultSettings(Frozen):
     """Vault or OpenBao address."""
     audience: str = "runner-platform-vault"
     """Audience runners request for Vault tokens (bound_audiences)."""
-    user_claim: str = "actor"
-    """Claim Vault uses as the entity alias."""
     token_ttl_seconds: int = Field(default=900, ge=60, le=MAX_VAULT_TTL_SECONDS)
     """Vault token TTL (at most 3600)."""
     token_max_ttl_seconds: int = Field(

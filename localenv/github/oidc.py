@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import time
 import uuid
+import zlib
 from typing import Any
 
 import jwt
@@ -94,12 +95,15 @@ class OidcIssuer:
         actor: str = "octocat",
         run_id: int = 1,
         now: float | None = None,
-        repository_id: int = 1000,
-        owner_id: int = 100,
+        repository_id: int | None = None,
+        owner_id: int | None = None,
         **extra: Any,
     ) -> dict[str, Any]:
         """GitHub's claim set for a job of ``repository`` (``org/repo``)."""
         owner, name = repository.split("/", 1)
+        # Stable, distinct ids per repository and owner, as GitHub's are.
+        repository_id = repository_id or zlib.crc32(repository.lower().encode()) % 10**8
+        owner_id = owner_id or zlib.crc32(owner.lower().encode()) % 10**7
         issued = int(now if now is not None else time.time())
         prefix = (
             f"repo:{owner}@{owner_id}/{name}@{repository_id}"

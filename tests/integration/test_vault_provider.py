@@ -47,7 +47,7 @@ def test_create_update_diff_and_delete_against_openbao(
     assert not any(exists(props) for props in objects)
 
 
-def test_a_teams_token_reads_its_own_secret_and_nothing_else(
+def test_a_jobs_token_reads_its_team_and_repository_secrets_and_nothing_else(
     openbao: OpenBao, github_cloud: GitHubEmulator, github_ghes: GitHubEmulator
 ) -> None:
     provider = VaultObjectProvider()
@@ -56,22 +56,40 @@ def test_a_teams_token_reads_its_own_secret_and_nothing_else(
     for props in objects:
         provider.create(props)
     root: Any = openbao.client()
-    root.secrets.kv.v2.create_or_update_secret(path="runners/web/db", secret={"k": "web"})
-    root.secrets.kv.v2.create_or_update_secret(path="runners/ml/db", secret={"k": "ml"})
+    kv = root.secrets.kv.v2
+    kv.create_or_update_secret(path="runners/web/shared/db", secret={"k": "web-shared"})
+    kv.create_or_update_secret(
+        path=f"runners/web/repos/{repository_id('acme-corp/web-shop')}/api",
+        secret={"k": "web-shop"},
+    )
+    kv.create_or_update_secret(
+        path=f"runners/web/repos/{repository_id('acme-corp/storefront')}/api",
+        secret={"k": "storefront"},
+    )
+    kv.create_or_update_secret(path="runners/ml/shared/db", secret={"k": "ml"})
     try:
         token = github_cloud.oidc.mint(
             github_cloud.oidc.claims("acme-corp/web-shop", audience="runner-platform-vault")
         )
         login = root.auth.jwt.jwt_login("web", token, path=f"jwt-cloud-{suffix}")
         assert login["auth"]["lease_duration"] == 900
+        assert login["auth"]["metadata"]["actor"] == "octocat"  # who, for the audit log
         web = hvac.Client(url=openbao.address, token=login["auth"]["client_token"])
-        assert web.secrets.kv.v2.read_secret_version(
-            path="runners/web/db", raise_on_deleted_version=True
-        )["data"]["data"] == {"k": "web"}
-        with pytest.raises(hvac.exceptions.Forbidden):
-            web.secrets.kv.v2.read_secret_version(
-                path="runners/ml/db", raise_on_deleted_version=True
-            )
+
+        def read(path: str) -> Any:
+            return web.secrets.kv.v2.read_secret_version(path=path, raise_on_deleted_version=True)[
+                "data"
+            ]["data"]["k"]
+
+        assert read("runners/web/shared/db") == "web-shared"  # the team's shared secrets
+        own = f"runners/web/repos/{repository_id('acme-corp/web-shop')}/api"
+        assert read(own) == "web-shop"  # its own repository (by id)
+        for foreign in (
+            f"runners/web/repos/{repository_id('acme-corp/storefront')}/api",  # a sibling
+            "runners/ml/shared/db",
+        ):  # another team
+            with pytest.raises(hvac.exceptions.Forbidden):
+                read(foreign)
         with pytest.raises(hvac.exceptions.InvalidRequest):
             root.auth.jwt.jwt_login("ml", token, path=f"jwt-cloud-{suffix}")
         other = github_ghes.oidc.mint(
@@ -82,6 +100,13 @@ def test_a_teams_token_reads_its_own_secret_and_nothing_else(
     finally:
         for props in reversed(objects):
             provider.delete("id", props)
+
+
+def repository_id(repository: str) -> str:
+    """The id the emulator gives a repository (what an operator reads from the API)."""
+    from localenv.github.oidc import OidcIssuer
+
+    return str(OidcIssuer("https://x").claims(repository, audience="a")["repository_id"])
 
 
 def test_team_policy_names_only_the_teams_paths() -> None:

@@ -30,13 +30,11 @@ def vault_objects(
             }
         )
     for policy in config["policies"]:
+        text = policy["policy"]
+        for path in issuers:  # the test's mounts carry a suffix; so do their accessors
+            text = text.replace(f"@@accessor:{path}@@", f"@@accessor:{path}-{suffix}@@")
         objects.append(
-            {
-                **connection,
-                "kind": "policy",
-                "name": f"{policy['name']}-{suffix}",
-                "policy": policy["policy"],
-            }
+            {**connection, "kind": "policy", "name": f"{policy['name']}-{suffix}", "policy": text}
         )
     for role in config["roles"]:
         objects.append(

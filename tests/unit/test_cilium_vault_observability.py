@@ -72,8 +72,22 @@ def test_vault_has_a_mount_per_instance_and_a_bound_role_per_team(
 
 def test_team_vault_policy_reaches_only_its_own_paths(dev_spec: PlatformSpec) -> None:
     hcl = vault.team_policy_hcl(dev_spec.teams[0])
-    assert 'path "secret/data/runners/web/*"' in hcl
-    assert "runners/ml" not in hcl and '*" {' not in hcl.replace("web/*", "")
+    paths = [line.split('"')[1] for line in hcl.splitlines() if line.startswith("path ")]
+    assert paths == [
+        "secret/data/runners/web/shared/*",
+        "secret/metadata/runners/web/shared/*",
+        "secret/data/runners/web/repos/{{identity.entity.aliases.@@accessor:jwt-cloud@@"
+        ".metadata.repository_id}}/*",
+        "secret/metadata/runners/web/repos/{{identity.entity.aliases.@@accessor:jwt-cloud@@"
+        ".metadata.repository_id}}/*",
+        "database/creds/runner-web",
+    ]
+
+
+def test_vault_roles_key_entities_by_repository(dev_spec: PlatformSpec) -> None:
+    role = vault.vault_config(dev_spec)["roles"][0]
+    assert role["userClaim"] == "repository"
+    assert role["claimMappings"]["repository_id"] == "repository_id"
 
 
 def test_four_alerts_with_the_spec_thresholds(dev_document: dict[str, Any]) -> None:
