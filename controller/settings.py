@@ -86,3 +86,44 @@ class Settings:
 
 class MissingSecret(RuntimeError):
     pass
+
+
+@dataclass(frozen=True)
+class JobSettings:
+    """What the credential helper reads in a runner pod. The Actions runtime sets the first
+    two for a job with ``permissions: id-token: write``; the platform sets the rest."""
+
+    token_request_url: str = ""
+    """ACTIONS_ID_TOKEN_REQUEST_URL: where the job asks for its OIDC token."""
+    token_request_token: str = ""
+    """ACTIONS_ID_TOKEN_REQUEST_TOKEN: the bearer for that request."""
+    aws_role_arn: str = ""
+    """RUNNER_PLATFORM_AWS_ROLE_ARN: the team's github-runner-<team>-role."""
+    aws_region: str = "us-east-1"
+    """AWS_REGION: the STS region."""
+    sts_endpoint: str | None = None
+    """RUNNER_PLATFORM_STS_ENDPOINT: another STS endpoint (a VPC endpoint, or tests)."""
+    vault_addr: str = ""
+    """VAULT_ADDR: the Vault or OpenBao address."""
+    vault_mount: str = ""
+    """RUNNER_PLATFORM_VAULT_MOUNT: the instance's JWT mount (jwt-<instance>)."""
+    vault_role: str = ""
+    """RUNNER_PLATFORM_VAULT_ROLE: the team's Vault role."""
+    vault_audience: str = "runner-platform-vault"
+    """RUNNER_PLATFORM_VAULT_AUDIENCE: the audience Vault's role binds."""
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None) -> JobSettings:
+        env = dict(os.environ if env is None else env)
+        names = {
+            "token_request_url": "ACTIONS_ID_TOKEN_REQUEST_URL",
+            "token_request_token": "ACTIONS_ID_TOKEN_REQUEST_TOKEN",
+            "aws_role_arn": "RUNNER_PLATFORM_AWS_ROLE_ARN",
+            "aws_region": "AWS_REGION",
+            "sts_endpoint": "RUNNER_PLATFORM_STS_ENDPOINT",
+            "vault_addr": "VAULT_ADDR",
+            "vault_mount": "RUNNER_PLATFORM_VAULT_MOUNT",
+            "vault_role": "RUNNER_PLATFORM_VAULT_ROLE",
+            "vault_audience": "RUNNER_PLATFORM_VAULT_AUDIENCE",
+        }
+        return cls(**{field: env[name] for field, name in names.items() if env.get(name)})

@@ -73,6 +73,7 @@ class GitHubEmulator:
         self._used: dict[str, list[float]] = defaultdict(list)
         self._points: dict[tuple[str, str], list[tuple[float, int]]] = defaultdict(list)
         self.requests: list[tuple[str, str]] = []
+        self._id_token_requests: dict[str, dict[str, Any]] = {}
         self._routes: list[tuple[str, re.Pattern[str], str, Handler]] = []
         self._register_routes()
         self._server = ThreadingHTTPServer(("127.0.0.1", port), self._handler_class())
@@ -127,6 +128,13 @@ class GitHubEmulator:
         installation_id = installation_id or self.world.next_id()
         self.installations[installation_id] = (app_id, org)
         return installation_id
+
+    def job_token_request(self, repository: str, **claims: Any) -> tuple[str, str]:
+        """What a job with ``permissions: id-token: write`` gets in its environment:
+        ``ACTIONS_ID_TOKEN_REQUEST_URL`` and ``ACTIONS_ID_TOKEN_REQUEST_TOKEN``."""
+        bearer = secrets.token_urlsafe(24)
+        self._id_token_requests[bearer] = {"repository": repository, **claims}
+        return f"{self.url}/_emulator/idtoken?api-version=2.0", bearer
 
     def enable_rate_limits(
         self, primary: int | None = 5000, secondary_points: int | None = 900
@@ -473,6 +481,8 @@ class GitHubEmulator:
             return Response(200, self.oidc.discovery())
         if method == "GET" and path == f"{issuer_path}/.well-known/jwks":
             return Response(200, self.oidc.jwks())
+        if method == "GET" and path == "/_emulator/idtoken":
+            return self._id_token(headers.get("Authorization", ""), query)
         if path.startswith("/_emulator/"):
             return self._control(method, path.removeprefix("/_emulator/"), body)
         prefix = "" if self.kind == "cloud" else "/api/v3"
@@ -514,6 +524,20 @@ class GitHubEmulator:
                 }
                 return result
         raise HttpError(404, "Not Found")
+
+    def _id_token(self, authorization: str, query: dict[str, list[str]]) -> Response:
+        """The Actions runtime's token endpoint: bearer request token in, ``{value}`` out."""
+        request = self._id_token_requests.get(authorization.removeprefix("Bearer ").strip())
+        if request is None:
+            raise HttpError(401, "invalid request token")
+        audience = query.get("audience", [f"https://github.com/{request['repository']}"])[0]
+        claims = self.oidc.claims(
+            request["repository"],
+            audience=audience,
+            now=self.now(),
+            **{k: v for k, v in request.items() if k != "repository"},
+        )
+        return Response(200, {"count": 1, "value": self.oidc.mint(claims)})
 
     def _control(self, method: str, path: str, body: bytes) -> Response:
         data = json.loads(body) if body else {}
