@@ -10,6 +10,32 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import TypeVar
+
+T = TypeVar("T")
+
+
+def _from_env(cls: type[T], names: dict[str, str], env: dict[str, str] | None) -> T:
+    """Build a settings dataclass from the variables in ``names``, typed like its defaults."""
+    source = dict(os.environ if env is None else env)
+    values: dict[str, object] = {}
+    for field in fields(cls):  # type: ignore[arg-type]
+        raw = source.get(names[field.name])
+        if raw is None or (raw == "" and field.type not in ("Path | None",)):
+            continue
+        default = getattr(cls, field.name)
+        try:
+            if isinstance(default, bool):
+                values[field.name] = raw.lower() in ("1", "true", "yes")
+            elif isinstance(default, int):
+                values[field.name] = int(raw)
+            elif field.name.endswith(("_path", "_dir")):
+                values[field.name] = Path(raw) if raw else None
+            else:
+                values[field.name] = raw
+        except ValueError:
+            raise ValueError(f"{names[field.name]}={raw!r} is not a valid value") from None
+    return cls(**values)
 
 
 @dataclass(frozen=True)
@@ -41,7 +67,6 @@ class Settings:
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
-        env = dict(os.environ if env is None else env)
         names = {
             "spec_path": "RUNNER_PLATFORM_SPEC",
             "runtime_path": "RUNNER_PLATFORM_RUNTIME",
@@ -56,24 +81,7 @@ class Settings:
             "cancel_denied_runs": "RUNNER_PLATFORM_CANCEL_DENIED",
             "log_level": "RUNNER_PLATFORM_LOG_LEVEL",
         }
-        values: dict[str, object] = {}
-        for field in fields(cls):
-            raw = env.get(names[field.name])
-            if raw is None:
-                continue
-            default = getattr(cls, field.name)
-            try:
-                if isinstance(default, bool):
-                    values[field.name] = raw.lower() in ("1", "true", "yes")
-                elif isinstance(default, int):
-                    values[field.name] = int(raw)
-                elif field.name.endswith(("_path", "_dir")):
-                    values[field.name] = Path(raw) if raw else None
-                else:
-                    values[field.name] = raw
-            except ValueError:
-                raise ValueError(f"{names[field.name]}={raw!r} is not a valid value") from None
-        return cls(**values)  # type: ignore[arg-type]
+        return _from_env(cls, names, env)
 
     def secret(self, name: str, key: str) -> bytes:
         """A mounted Secret's value; a missing one is an error that names its path."""
@@ -114,7 +122,6 @@ class JobSettings:
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> JobSettings:
-        env = dict(os.environ if env is None else env)
         names = {
             "token_request_url": "ACTIONS_ID_TOKEN_REQUEST_URL",
             "token_request_token": "ACTIONS_ID_TOKEN_REQUEST_TOKEN",
@@ -126,4 +133,4 @@ class JobSettings:
             "vault_role": "RUNNER_PLATFORM_VAULT_ROLE",
             "vault_audience": "RUNNER_PLATFORM_VAULT_AUDIENCE",
         }
-        return cls(**{field: env[name] for field, name in names.items() if env.get(name)})
+        return _from_env(cls, names, env)

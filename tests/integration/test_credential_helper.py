@@ -15,12 +15,11 @@ from typing import Any
 import hvac
 import pg8000.native
 
-from components.vault_provider import VaultObjectProvider
 from localenv.github import GitHubEmulator
 from localenv.kube_objects import wait_for
 from localenv.services import Moto, OpenBao, Postgres
 from tests.conftest import ROOT
-from tests.integration.vault_support import configure_database, vault_objects
+from tests.integration.vault_support import applied_vault, configure_database
 
 
 def _helper(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
@@ -65,12 +64,7 @@ def test_aws_credential_process_output(
 def test_vault_token_file(
     openbao: OpenBao, github_cloud: GitHubEmulator, github_ghes: GitHubEmulator, tmp_path: Path
 ) -> None:
-    suffix = uuid.uuid4().hex[:6]
-    provider = VaultObjectProvider()
-    objects = vault_objects(openbao, github_cloud, github_ghes, suffix)
-    for props in objects:
-        provider.create(props)
-    try:
+    with applied_vault(openbao, github_cloud, github_ghes) as (suffix, _):
         env = {
             **_job_env(github_cloud, "acme-corp/storefront"),
             "VAULT_ADDR": openbao.address,
@@ -87,9 +81,6 @@ def test_vault_token_file(
         assert looked_up["meta"]["actor"] == "alice"
         refused = _helper({**env, "RUNNER_PLATFORM_VAULT_ROLE": "ml"}, "vault", "--print")
         assert refused.returncode == 2 and "Vault refused" in refused.stderr
-    finally:
-        for props in reversed(objects):
-            provider.delete("id", props)
 
 
 def test_without_id_token_permission_the_helper_says_so() -> None:
@@ -107,59 +98,53 @@ def test_held_database_credentials_live_as_long_as_the_job(
     github_ghes: GitHubEmulator,
     tmp_path: Path,
 ) -> None:
-    suffix = uuid.uuid4().hex[:6]
-    provider = VaultObjectProvider()
-    objects = vault_objects(openbao, github_cloud, github_ghes, suffix)
-    for props in objects:
-        provider.create(props)
-    configure_database(openbao, postgres, ["web", "ml"])
-    env_file = tmp_path / "db.env"
-    env = {
-        **_job_env(github_cloud, "acme-corp/storefront"),
-        "VAULT_ADDR": openbao.address,
-        "RUNNER_PLATFORM_VAULT_MOUNT": f"jwt-cloud-{suffix}",
-        "RUNNER_PLATFORM_VAULT_ROLE": "web",
-    }
-    holder = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "controller.credentials",
-            "vault",
-            "--token-file",
-            str(tmp_path / "token"),
-            "--database",
-            "runner-web",
-            "--env-file",
-            str(env_file),
-            "--hold",
-        ],
-        env={**os.environ, **env},
-        cwd=ROOT,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        wait_for(env_file.exists, 30, "database credentials written")
-        values = dict(line.split("=", 1) for line in env_file.read_text().split())
-        user, password = values["DB_USERNAME"], values["DB_PASSWORD"]
-        with postgres.connect(user=user, password=password) as conn:
-            assert conn.run("SELECT count(*) FROM web.secrets")[0][0] >= 0
-        holder.send_signal(signal.SIGTERM)  # the job ended
-        assert holder.wait(timeout=30) == 0
+    with applied_vault(openbao, github_cloud, github_ghes) as (suffix, _):
+        configure_database(openbao, postgres, ["web", "ml"])
+        env_file = tmp_path / "db.env"
+        env = {
+            **_job_env(github_cloud, "acme-corp/storefront"),
+            "VAULT_ADDR": openbao.address,
+            "RUNNER_PLATFORM_VAULT_MOUNT": f"jwt-cloud-{suffix}",
+            "RUNNER_PLATFORM_VAULT_ROLE": "web",
+        }
+        holder = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "controller.credentials",
+                "vault",
+                "--token-file",
+                str(tmp_path / "token"),
+                "--database",
+                "runner-web",
+                "--env-file",
+                str(env_file),
+                "--hold",
+            ],
+            env={**os.environ, **env},
+            cwd=ROOT,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            wait_for(env_file.exists, 30, "database credentials written")
+            values = dict(line.split("=", 1) for line in env_file.read_text().split())
+            user, password = values["DB_USERNAME"], values["DB_PASSWORD"]
+            with postgres.connect(user=user, password=password) as conn:
+                assert conn.run("SELECT count(*) FROM web.secrets")[0][0] >= 0
+            holder.send_signal(signal.SIGTERM)  # the job ended
+            assert holder.wait(timeout=30) == 0
 
-        def refused() -> bool:
-            try:
-                postgres.connect(user=user, password=password).close()
-            except pg8000.native.DatabaseError:
-                return True
-            return False
+            def refused() -> bool:
+                try:
+                    postgres.connect(user=user, password=password).close()
+                except pg8000.native.DatabaseError:
+                    return True
+                return False
 
-        wait_for(refused, 15, "the database user to be dropped after the job")
-    finally:
-        if holder.poll() is None:
-            holder.kill()
-        assert holder.stderr is not None
-        holder.stderr.close()
-        for props in reversed(objects):
-            provider.delete("id", props)
+            wait_for(refused, 15, "the database user to be dropped after the job")
+        finally:
+            if holder.poll() is None:
+                holder.kill()
+            assert holder.stderr is not None
+            holder.stderr.close()

@@ -2,34 +2,26 @@
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
 from typing import Any
 
 import pg8000.native
 import pytest
 
-from components.vault_provider import VaultObjectProvider
 from controller.vault_exchange import VaultRefused, VaultSession
 from localenv.github import GitHubEmulator
 from localenv.kube_objects import wait_for
 from localenv.services import OpenBao, Postgres
-from tests.integration.vault_support import configure_database, vault_objects
+from tests.integration.vault_support import applied_vault, configure_database
 
 
 @pytest.fixture
 def mounts(
     openbao: OpenBao, postgres: Postgres, github_cloud: GitHubEmulator, github_ghes: GitHubEmulator
 ) -> Iterator[str]:
-    suffix = uuid.uuid4().hex[:6]
-    provider = VaultObjectProvider()
-    objects = vault_objects(openbao, github_cloud, github_ghes, suffix)
-    for props in objects:
-        provider.create(props)
-    configure_database(openbao, postgres, ["web", "ml"])
-    yield suffix
-    for props in reversed(objects):
-        provider.delete("id", props)
+    with applied_vault(openbao, github_cloud, github_ghes) as (suffix, _):
+        configure_database(openbao, postgres, ["web", "ml"])
+        yield suffix
 
 
 def _web_token(github_cloud: GitHubEmulator) -> str:

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from components.vault import vault_config
+from components.vault_provider import VaultObjectProvider
 from localenv.github import GitHubEmulator
 from localenv.services import OpenBao, Postgres
 from tests.integration.router_support import dev_spec
@@ -47,6 +51,25 @@ def vault_objects(
             }
         )
     return objects
+
+
+@contextmanager
+def applied_vault(
+    openbao: OpenBao, cloud: GitHubEmulator, ghes: GitHubEmulator
+) -> Iterator[tuple[str, list[dict[str, Any]]]]:
+    """The spec's Vault objects applied under a fresh suffix; removed afterwards."""
+    suffix = uuid.uuid4().hex[:6]
+    provider = VaultObjectProvider()
+    objects = vault_objects(openbao, cloud, ghes, suffix)
+    created = []
+    try:
+        for props in objects:
+            provider.create(props)
+            created.append(props)
+        yield suffix, objects
+    finally:
+        for props in reversed(created):
+            provider.delete("id", props)
 
 
 def configure_database(openbao: OpenBao, postgres: Postgres, teams: list[str]) -> None:
