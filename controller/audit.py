@@ -17,7 +17,6 @@ from typing import Any
 import redis.asyncio as aioredis
 
 AUDIT_STREAM = "rp:audit"
-DECISIONS = ("accepted", "duplicate", "ignored", "unroutable", "allowed", "denied", "held", "error")
 log = logging.getLogger("runner_platform.audit")
 
 

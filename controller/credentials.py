@@ -58,7 +58,7 @@ def aws_credentials(settings: JobSettings, token: str, duration: int) -> dict[st
     from botocore import UNSIGNED
     from botocore.config import Config
 
-    from controller.exchange import MAX_SECONDS, MIN_SECONDS
+    from controller.exchange import clamp_duration
 
     if not settings.aws_role_arn:
         raise HelperError("no RUNNER_PLATFORM_AWS_ROLE_ARN for this runner")
@@ -76,9 +76,9 @@ def aws_credentials(settings: JobSettings, token: str, duration: int) -> dict[st
     try:
         response = sts.assume_role_with_web_identity(
             RoleArn=settings.aws_role_arn,
-            RoleSessionName=f"gh-{os.getpid()}",
+            RoleSessionName=_session_name(token, settings),
             WebIdentityToken=token,
-            DurationSeconds=max(MIN_SECONDS, min(duration, MAX_SECONDS)),
+            DurationSeconds=clamp_duration(duration, 3600),
         )
     except ClientError as error:
         code = error.response.get("Error", {}).get("Code", "error")
@@ -97,6 +97,21 @@ def aws_credentials(settings: JobSettings, token: str, duration: int) -> dict[st
         "SessionToken": raw["SessionToken"],
         "Expiration": raw["Expiration"].strftime("%Y-%m-%dT%H:%M:%SZ"),
     }
+
+
+def _session_name(token: str, settings: JobSettings) -> str:
+    """Run id, actor and team for CloudTrail, as the OIDC Manager names sessions. The
+    claims are read unverified: STS verifies the token; this only labels the session."""
+    from controller.exchange import session_name
+    from controller.oidc import TokenRefused, split_token
+
+    try:
+        claims = split_token(token)[1]
+    except TokenRefused:
+        claims = {}
+    role = settings.aws_role_arn.rsplit("/", 1)[-1]
+    team = role.removeprefix("github-runner-").removesuffix("-role")
+    return session_name(claims, team)
 
 
 def _write_private(path: Path, text: str) -> None:

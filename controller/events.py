@@ -13,7 +13,6 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, Validation
 from controller.errors import BadPayload
 
 MAX_LABELS = 100  # GitHub accepts at most 100 runs-on labels
-ACTIONS = ("queued", "waiting", "in_progress", "completed")
 
 Label = Annotated[str, StringConstraints(min_length=1, max_length=256)]
 

@@ -21,7 +21,7 @@ from controller.errors import GitHubError
 from controller.github_client import GitHubClient
 from controller.metrics import Metrics
 from controller.model import ScaleSet
-from controller.store import decode_entry, queue_key
+from controller.store import decode_entry, encode_entry, queue_key
 from controller.verifier import TeamVerifier
 
 log = logging.getLogger(__name__)
@@ -83,7 +83,7 @@ class Listener:
         return len(entries)
 
     async def _handle(self, entry_id: bytes, job: dict[str, str]) -> None:
-        fields: dict[FieldT, EncodableT] = dict(job.items())
+        fields: dict[FieldT, EncodableT] = {"j": encode_entry(job)}
         if job["action"] != "queued":
             await self.redis.xadd(events_key(self.scale_set.name), fields)
             await self.redis.xack(self.stream, GROUP, entry_id)

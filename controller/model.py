@@ -44,7 +44,6 @@ POOL_LABEL = "pool"
 POOL_TAINT_KEY = "runner-platform.io/pool"
 GPU_TAINT_KEY = "nvidia.com/gpu"
 CILIUM_STARTUP_TAINT = "node.cilium.io/agent-not-ready"
-DO_NOT_DISRUPT = "karpenter.sh/do-not-disrupt"
 
 
 # --- scalar checks -------------------------------------------------------------------
@@ -193,10 +192,6 @@ class GitHubInstance(Frozen):
             if not any(org in app.installations for app in self.apps):
                 raise ValueError(f"orgs: '{org}' has no App installation in 'apps'")
         return self
-
-    @property
-    def web_host(self) -> str:
-        return self.host or GITHUB_CLOUD_HOST
 
     @property
     def api_url(self) -> str:

@@ -65,7 +65,7 @@ def _segment(part: bytes) -> bytes:
         raise TokenRefused("format", "not base64url") from None
 
 
-def _split(token: str) -> tuple[dict[str, Any], dict[str, Any], bytes, bytes]:
+def split_token(token: str) -> tuple[dict[str, Any], dict[str, Any], bytes, bytes]:
     """A compact JWS parsed once: header, claims, the signed bytes and the signature.
 
     Parsed here rather than by PyJWT, whose per-character base64 check on every segment of
@@ -128,7 +128,7 @@ class OidcValidator:
         self._lock = threading.Lock()
 
     def validate(self, token: str) -> ValidToken:
-        header, claims, signing_input, signature = _split(token)
+        header, claims, signing_input, signature = split_token(token)
         if header.get("alg") != "RS256":
             raise TokenRefused("algorithm", f"{header.get('alg')!r} is not RS256")
         issuer = str(claims.get("iss", "")).rstrip("/")

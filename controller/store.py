@@ -47,8 +47,13 @@ def queue_key(scale_set: str) -> str:
     return f"{QUEUE_PREFIX}{scale_set}"
 
 
+def encode_entry(job: dict[str, str]) -> str:
+    """How a job travels in every stream (queue, ready, events): one JSON field ``j``."""
+    return json.dumps(job, separators=(",", ":"))
+
+
 def decode_entry(fields: dict[bytes, bytes]) -> dict[str, str]:
-    """A queued job as the router stored it (one JSON field ``j``)."""
+    """A job from any of the streams, as :func:`encode_entry` wrote it."""
     value: dict[str, str] = json.loads(fields[b"j"])
     return value
 
@@ -123,7 +128,7 @@ class IngestStore:
                 STREAM_MAXLEN,
                 self.audit_max,
                 audit.to_json(),
-                json.dumps(entry, separators=(",", ":")),
+                encode_entry(entry),
             ],
         )
         text = result.decode() if isinstance(result, bytes) else str(result)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -173,6 +173,3 @@ class TeamVerifier:
     def _count(self, result: str) -> None:
         if self.metrics is not None:
             self.metrics.cache.labels(result).inc()
-
-
-Invalidator = Callable[[str, str, str], Awaitable[None]]

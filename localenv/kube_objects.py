@@ -1,8 +1,7 @@
-"""Small helpers for tests and the twin: fake nodes, waiting on pods."""
+"""Kubernetes objects for tests and the twin: fake KWOK nodes."""
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 from localenv.kube import KWOK_NODE_ANNOTATION
@@ -36,15 +35,3 @@ def kwok_node(
         "spec": {"taints": taints or []},
         "status": {"capacity": capacity, "allocatable": capacity},
     }
-
-
-def wait_for(predicate: Any, timeout: float, what: str, interval: float = 0.2) -> Any:
-    """Poll until ``predicate()`` returns something truthy; return it, or fail naming ``what``."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = predicate()
-        if last:
-            return last
-        time.sleep(interval)
-    raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what} (last: {last!r})")

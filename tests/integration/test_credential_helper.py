@@ -16,7 +16,7 @@ import hvac
 import pg8000.native
 
 from localenv.github import GitHubEmulator
-from localenv.kube_objects import wait_for
+from localenv.process import wait_for
 from localenv.services import Moto, OpenBao, Postgres
 from tests.conftest import ROOT
 from tests.integration.vault_support import applied_vault, configure_database
@@ -55,6 +55,18 @@ def test_aws_credential_process_output(
     assert result.returncode == 0, result.stderr
     credentials = json.loads(result.stdout)
     assert credentials["Version"] == 1 and credentials["SessionToken"]
+    import boto3
+
+    identity = boto3.client(
+        "sts",
+        endpoint_url=moto_server.endpoint,
+        region_name="us-west-2",
+        aws_access_key_id=credentials["AccessKeyId"],
+        aws_secret_access_key=credentials["SecretAccessKey"],
+        aws_session_token=credentials["SessionToken"],
+    ).get_caller_identity()
+    team = role.rsplit("/", 1)[-1].removeprefix("github-runner-").removesuffix("-role")
+    assert identity["Arn"].endswith(f"/gh-77-alice-{team}")  # run id, actor, team
     profile = tmp_path / "aws" / "credentials"
     assert _helper(env, "aws", "--profile-file", str(profile)).returncode == 0
     assert "aws_session_token = " in profile.read_text()
@@ -131,7 +143,10 @@ def test_held_database_credentials_live_as_long_as_the_job(
             values = dict(line.split("=", 1) for line in env_file.read_text().split())
             user, password = values["DB_USERNAME"], values["DB_PASSWORD"]
             with postgres.connect(user=user, password=password) as conn:
-                assert conn.run("SELECT count(*) FROM web.secrets")[0][0] >= 0
+                conn.run("INSERT INTO web.secrets VALUES (:v)", v=f"held-{suffix}")
+                assert conn.run(
+                    "SELECT count(*) FROM web.secrets WHERE v = :v", v=f"held-{suffix}"
+                ) == [[1]]
             holder.send_signal(signal.SIGTERM)  # the job ended
             assert holder.wait(timeout=30) == 0
 

@@ -18,12 +18,11 @@ from controller.app import WebhookApp
 from controller.audit import AuditLog
 from controller.github_client import AppCredentials, GitHubClient
 from controller.listener import Listener, ready_key
-from controller.store import queue_key
+from controller.store import decode_entry, queue_key
 from controller.verifier import TeamVerifier
 from localenv.asgi_server import ThreadedServer
 from localenv.github import GitHubEmulator
-from localenv.kube_objects import wait_for
-from localenv.process import free_port
+from localenv.process import free_port, wait_for
 from localenv.services import Redis
 from tests.conftest import ROOT
 from tests.integration.router_support import SECRETS, dev_spec
@@ -79,8 +78,8 @@ def test_emulator_deliveries_flow_to_verified_jobs(redis_server: Redis) -> None:
             await redis.aclose()
 
         asyncio.run(listen())
-        ready = [f[b"sender"] for _, f in sync.xrange(ready_key("ml-gpu"))]
-        assert ready == [b"rob"]  # eve is no member of ml-platform or ml-research
+        ready = [decode_entry(f)["sender"] for _, f in sync.xrange(ready_key("ml-gpu"))]
+        assert ready == ["rob"]  # eve is no member of ml-platform or ml-research
     finally:
         router.stop()
         cloud.stop()

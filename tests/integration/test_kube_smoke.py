@@ -9,7 +9,8 @@ from typing import Any
 from kubernetes import client
 
 from localenv.kube import FINISH_ANNOTATION, ControlPlane
-from localenv.kube_objects import kwok_node, wait_for
+from localenv.kube_objects import kwok_node
+from localenv.process import wait_for
 
 
 def _pod(

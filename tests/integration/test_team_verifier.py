@@ -17,7 +17,7 @@ from controller.github_client import AppCredentials, GitHubClient, TokenBucket
 from controller.listener import GROUP, Listener, ready_key
 from controller.metrics import Metrics
 from controller.model import PlatformSpec, ScaleSet
-from controller.store import queue_key
+from controller.store import decode_entry, queue_key
 from controller.verifier import TeamVerifier
 from localenv.github import GitHubEmulator
 from localenv.services import Redis
@@ -325,7 +325,7 @@ def test_listener_passes_allowed_jobs_on_and_audits_every_decision(world: World)
 
     assert run(scenario()) == 2
     ready = sync.xrange(ready_key("ml-gpu"))
-    assert [fields[b"sender"] for _, fields in ready] == [b"alice"]
+    assert [decode_entry(fields)["sender"] for _, fields in ready] == ["alice"]
     decisions = [json.loads(f[b"r"])["decision"] for _, f in sync.xrange(AUDIT_STREAM)]
     assert decisions == ["allowed", "denied"]
     assert job.conclusion == "cancelled"  # cancel_denied: the run was cancelled via the API

@@ -10,7 +10,7 @@ import pytest
 
 from controller.vault_exchange import VaultRefused, VaultSession
 from localenv.github import GitHubEmulator
-from localenv.kube_objects import wait_for
+from localenv.process import wait_for
 from localenv.services import OpenBao, Postgres
 from tests.integration.vault_support import applied_vault, configure_database
 
@@ -42,8 +42,9 @@ def test_a_jobs_database_user_works_in_its_schema_only_and_dies_with_its_lease(
     assert session.token_ttl == 900
     creds = session.database_credentials("runner-web")
     with postgres.connect(user=creds.username, password=creds.password) as conn:
-        conn.run("INSERT INTO web.secrets VALUES ('from the job')")
-        assert conn.run("SELECT v FROM web.secrets") == [["from the job"]]
+        mark = f"from the job {mounts}"  # the table is shared by the session's tests
+        conn.run("INSERT INTO web.secrets VALUES (:v)", v=mark)
+        assert conn.run("SELECT v FROM web.secrets WHERE v = :v", v=mark) == [[mark]]
         with pytest.raises(pg8000.native.DatabaseError, match="permission denied"):
             conn.run("SELECT v FROM ml.secrets")
     with pytest.raises(VaultRefused, match="runner-ml"):
@@ -58,6 +59,28 @@ def test_a_jobs_database_user_works_in_its_schema_only_and_dies_with_its_lease(
         return False
 
     wait_for(refused, 15, "the job's database user to be dropped")  # the job ended
+
+
+def test_kv_reads_follow_the_team_and_the_repository(
+    openbao: OpenBao, github_cloud: GitHubEmulator, mounts: str
+) -> None:
+    from tests.integration.test_vault_provider import repository_id
+
+    root: Any = openbao.client()
+    own, sibling = (
+        f"runners/web/repos/{repository_id(r)}/key"
+        for r in ("acme-corp/storefront", "acme-corp/web-shop")
+    )
+    root.secrets.kv.v2.create_or_update_secret(path=own, secret={"k": "mine"})
+    root.secrets.kv.v2.create_or_update_secret(path=sibling, secret={"k": "theirs"})
+    session = _session(openbao, mounts)
+    session.login(_web_token(github_cloud), "acme-corp/storefront")
+    assert session.read_secret(own) == {"k": "mine"}
+    with pytest.raises(VaultRefused, match="not allowed to read"):
+        session.read_secret(sibling)
+    session.close()
+    with pytest.raises(VaultRefused, match="not logged in"):
+        session.read_secret(own)
 
 
 def test_leases_are_renewed_while_the_job_runs(

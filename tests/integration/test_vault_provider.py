@@ -14,7 +14,7 @@ from components.vault_provider import VaultObjectProvider, exists
 from localenv.github import GitHubEmulator
 from localenv.services import OpenBao
 from tests.integration.router_support import dev_spec
-from tests.integration.vault_support import vault_objects
+from tests.integration.vault_support import applied_vault, vault_objects
 
 
 def test_create_update_diff_and_delete_against_openbao(
@@ -26,7 +26,8 @@ def test_create_update_diff_and_delete_against_openbao(
     created = [provider.create(props) for props in objects]
     assert all(exists(props) for props in objects)
     role = next(p for p in objects if p["kind"] == "jwt-role" and p["name"] == "web")
-    role_id = next(c.id for c in created if c.id == f"jwt-role:jwt-cloud-{suffix}/web")
+    role_id = f"jwt-role:jwt-cloud-{suffix}/web"
+    assert role_id in {c.id for c in created}
 
     widened = {**role, "boundClaims": {"repository": ["acme-corp/storefront"]}}
     diff = provider.diff(role_id, role, widened)
@@ -50,24 +51,15 @@ def test_create_update_diff_and_delete_against_openbao(
 def test_a_jobs_token_reads_its_team_and_repository_secrets_and_nothing_else(
     openbao: OpenBao, github_cloud: GitHubEmulator, github_ghes: GitHubEmulator
 ) -> None:
-    provider = VaultObjectProvider()
-    suffix = uuid.uuid4().hex[:6]
-    objects = vault_objects(openbao, github_cloud, github_ghes, suffix)
-    for props in objects:
-        provider.create(props)
     root: Any = openbao.client()
     kv = root.secrets.kv.v2
+    web_shop = f"runners/web/repos/{repository_id('acme-corp/web-shop')}/api"
+    storefront = f"runners/web/repos/{repository_id('acme-corp/storefront')}/api"
     kv.create_or_update_secret(path="runners/web/shared/db", secret={"k": "web-shared"})
-    kv.create_or_update_secret(
-        path=f"runners/web/repos/{repository_id('acme-corp/web-shop')}/api",
-        secret={"k": "web-shop"},
-    )
-    kv.create_or_update_secret(
-        path=f"runners/web/repos/{repository_id('acme-corp/storefront')}/api",
-        secret={"k": "storefront"},
-    )
+    kv.create_or_update_secret(path=web_shop, secret={"k": "web-shop"})
+    kv.create_or_update_secret(path=storefront, secret={"k": "storefront"})
     kv.create_or_update_secret(path="runners/ml/shared/db", secret={"k": "ml"})
-    try:
+    with applied_vault(openbao, github_cloud, github_ghes) as (suffix, _):
         token = github_cloud.oidc.mint(
             github_cloud.oidc.claims("acme-corp/web-shop", audience="runner-platform-vault")
         )
@@ -82,12 +74,8 @@ def test_a_jobs_token_reads_its_team_and_repository_secrets_and_nothing_else(
             ]["data"]["k"]
 
         assert read("runners/web/shared/db") == "web-shared"  # the team's shared secrets
-        own = f"runners/web/repos/{repository_id('acme-corp/web-shop')}/api"
-        assert read(own) == "web-shop"  # its own repository (by id)
-        for foreign in (
-            f"runners/web/repos/{repository_id('acme-corp/storefront')}/api",  # a sibling
-            "runners/ml/shared/db",
-        ):  # another team
+        assert read(web_shop) == "web-shop"  # its own repository (by id)
+        for foreign in (storefront, "runners/ml/shared/db"):  # a sibling, another team
             with pytest.raises(hvac.exceptions.Forbidden):
                 read(foreign)
         with pytest.raises(hvac.exceptions.InvalidRequest):
@@ -97,9 +85,6 @@ def test_a_jobs_token_reads_its_team_and_repository_secrets_and_nothing_else(
         )
         with pytest.raises(hvac.exceptions.InvalidRequest):  # ml's token, web's mount
             root.auth.jwt.jwt_login("web", other, path=f"jwt-cloud-{suffix}")
-    finally:
-        for props in reversed(objects):
-            provider.delete("id", props)
 
 
 def repository_id(repository: str) -> str:
