@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.results_file import save  # noqa: E402
-from controller import signatures  # noqa: E402
+from controller.ingest import signatures  # noqa: E402
 from controller.model import load_spec  # noqa: E402
 from localenv.process import free_port  # noqa: E402
 from localenv.services import Redis  # noqa: E402

@@ -1,6 +1,6 @@
 """``make bench-oidc``: GitHub OIDC token validations per second, warm JWKS cache, one core.
 
-Tokens are minted by the emulator's issuer code and validated by controller.oidc with
+Tokens are minted by the emulator's issuer code and validated by controller.identity.oidc with
 every check on (RS256 signature, issuer, audience, times, claims, subject). The JWKS is
 served from memory after one fetch, as in steady state. Printed and saved to
 bench/results/oidc.json; nothing asserts a speed.
@@ -18,8 +18,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.results_file import save  # noqa: E402
+from controller.identity.oidc import OidcValidator  # noqa: E402
 from controller.model import load_spec  # noqa: E402
-from controller.oidc import OidcValidator  # noqa: E402
 from localenv.github.oidc import OidcIssuer  # noqa: E402
 
 

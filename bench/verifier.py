@@ -26,7 +26,7 @@ import yaml  # noqa: E402
 from bench.results_file import save  # noqa: E402
 from controller.github_client import AppCredentials, GitHubClient  # noqa: E402
 from controller.model import load_spec  # noqa: E402
-from controller.verifier import TeamVerifier  # noqa: E402
+from controller.teams.verifier import TeamVerifier  # noqa: E402
 from localenv.github import GitHubEmulator  # noqa: E402
 from localenv.services import Redis  # noqa: E402
 

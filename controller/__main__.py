@@ -17,9 +17,9 @@ from controller.settings import MissingSecret, Settings
 def _serve(settings: Settings) -> int:
     import uvicorn
 
-    from controller.app import WebhookApp
+    from controller.ingest.app import WebhookApp
     from controller.metrics import Metrics
-    from controller.verifier import TeamVerifier
+    from controller.teams.verifier import TeamVerifier
     from controller.wiring import (
         connect_redis,
         github_clients,
@@ -64,9 +64,9 @@ def _serve(settings: Settings) -> int:
 
 async def _listen_forever(settings: Settings) -> None:
     from controller.audit import AuditLog
-    from controller.listener import Listener
     from controller.metrics import Metrics
-    from controller.verifier import TeamVerifier
+    from controller.teams.listener import Listener
+    from controller.teams.verifier import TeamVerifier
     from controller.wiring import connect_redis, github_clients, load_spec_or_exit
 
     spec = load_spec_or_exit(settings.spec_path)
@@ -147,7 +147,7 @@ def _access_matrix(args: argparse.Namespace) -> int:
 
     import yaml
 
-    from controller.access import access_matrix, render_matrix
+    from controller.identity.access import access_matrix, render_matrix
     from controller.model import SpecError, load_spec
 
     path = Path(args.config or f"Pulumi.{args.stack}.yaml")

@@ -80,7 +80,7 @@ def markdown() -> str:
     lines = [
         "# Configuration reference",
         "",
-        "Generated from `controller/model.py` by `make docs`; do not edit by hand.",
+        "Generated from `controller/model/` by `make docs`; do not edit by hand.",
         "Each top-level key of `PlatformSpec` is one stack config key in the",
         "`runner-platform` namespace (`runner-platform:teams`). The JSON Schema is",
         "`docs/schema/platform-spec.schema.json`.",
@@ -88,7 +88,7 @@ def markdown() -> str:
     for model in _models(PlatformSpec):
         doc = (model.__doc__ or "").strip().splitlines()
         lines += ["", f"## {model.__name__}", ""]
-        if doc and not doc[0].startswith("!!!") and model.__module__ == "controller.model":
+        if doc and not doc[0].startswith("!!!") and model.__module__.startswith("controller.model"):
             lines += [doc[0], ""]
         lines += ["| key | type | default | description |", "|---|---|---|---|"]
         for name, field in model.model_fields.items():

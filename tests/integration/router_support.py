@@ -7,7 +7,7 @@ import json
 import uuid
 from typing import Any
 
-from controller import signatures
+from controller.ingest import signatures
 from controller.model import PlatformSpec, load_spec
 from tests.conftest import DEV_DOCUMENT
 

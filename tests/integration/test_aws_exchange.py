@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from controller.exchange import AwsExchange, ExchangeRefused, clamp_duration, session_name
-from controller.oidc import OidcValidator
+from controller.identity.aws import AwsExchange, ExchangeRefused, clamp_duration, session_name
+from controller.identity.oidc import OidcValidator
 from localenv.github import GitHubEmulator
 from localenv.services import Moto
 from tests.integration.router_support import dev_spec

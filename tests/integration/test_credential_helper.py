@@ -1,4 +1,4 @@
-"""``python -m controller.credentials`` in a simulated job: the emulator's token endpoint,
+"""``python -m controller.identity.credentials`` in a simulated job: the emulator's token endpoint,
 moto's STS and OpenBao."""
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from tests.integration.vault_support import applied_vault, configure_database
 
 def _helper(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "controller.credentials", *args],
+        [sys.executable, "-m", "controller.identity.credentials", *args],
         env={**os.environ, **env},
         capture_output=True,
         text=True,
@@ -123,7 +123,7 @@ def test_held_database_credentials_live_as_long_as_the_job(
             [
                 sys.executable,
                 "-m",
-                "controller.credentials",
+                "controller.identity.credentials",
                 "vault",
                 "--token-file",
                 str(tmp_path / "token"),

@@ -14,12 +14,12 @@ import httpx
 import redis as redis_sync
 import redis.asyncio as aioredis
 
-from controller.app import WebhookApp
 from controller.audit import AuditLog
 from controller.github_client import AppCredentials, GitHubClient
-from controller.listener import Listener, ready_key
-from controller.store import decode_entry, queue_key
-from controller.verifier import TeamVerifier
+from controller.ingest.app import WebhookApp
+from controller.streams import decode_entry, queue_key, ready_key
+from controller.teams.listener import Listener
+from controller.teams.verifier import TeamVerifier
 from localenv.asgi_server import ThreadedServer
 from localenv.github import GitHubEmulator
 from localenv.process import free_port, wait_for

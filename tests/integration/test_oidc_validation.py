@@ -11,7 +11,7 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives import serialization
 
-from controller.oidc import OidcValidator, TokenRefused
+from controller.identity.oidc import OidcValidator, TokenRefused
 from localenv.github import GitHubEmulator
 from localenv.github.oidc import OidcIssuer
 from tests.integration.router_support import dev_spec
@@ -89,7 +89,7 @@ def test_each_bad_token_is_refused_with_its_reason(
 def test_unknown_kid_refreshes_the_jwks_at_most_once_a_minute(
     github_cloud: GitHubEmulator, github_ghes: GitHubEmulator
 ) -> None:
-    from controller.oidc import http_fetch
+    from controller.identity.oidc import http_fetch
 
     now = [time.time()]
     fetched: list[str] = []

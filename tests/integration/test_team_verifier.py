@@ -14,11 +14,11 @@ import redis.asyncio as aioredis
 from controller.audit import AUDIT_STREAM, AuditLog
 from controller.errors import GitHubAuthError, RateLimited
 from controller.github_client import AppCredentials, GitHubClient, TokenBucket
-from controller.listener import GROUP, Listener, ready_key
 from controller.metrics import Metrics
 from controller.model import PlatformSpec, ScaleSet
-from controller.store import decode_entry, queue_key
-from controller.verifier import TeamVerifier
+from controller.streams import decode_entry, queue_key, ready_key
+from controller.teams.listener import GROUP, Listener
+from controller.teams.verifier import TeamVerifier
 from localenv.github import GitHubEmulator
 from localenv.services import Redis
 from tests.integration.router_support import dev_spec

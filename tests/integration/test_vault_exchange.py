@@ -8,7 +8,7 @@ from typing import Any
 import pg8000.native
 import pytest
 
-from controller.vault_exchange import VaultRefused, VaultSession
+from controller.identity.vault import VaultRefused, VaultSession
 from localenv.github import GitHubEmulator
 from localenv.process import wait_for
 from localenv.services import OpenBao, Postgres

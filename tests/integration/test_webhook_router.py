@@ -13,11 +13,11 @@ import redis.asyncio as aioredis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from controller import signatures
-from controller.app import WebhookApp
+from controller.ingest import signatures
 from controller.audit import AUDIT_STREAM
 from controller.errors import SignatureError
-from controller.store import decode_entry, queue_key
+from controller.ingest.app import WebhookApp
+from controller.streams import decode_entry, queue_key
 from localenv.asgi_server import ThreadedServer
 from localenv.services import Redis
 from tests.integration.router_support import SECRETS, dev_spec, encode, job_payload, signed

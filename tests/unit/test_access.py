@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from components.iam_documents import github_runner_trust_policy, oidc_provider_arn
-from controller.access import access_matrix, team_for, trust_allows
+from controller.identity.access import access_matrix, team_for, trust_allows
 from controller.model import PlatformSpec, load_spec
 from localenv.github.oidc import OidcIssuer
 from tests.conftest import DEV_DOCUMENT, ROOT

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from controller.events import WorkflowJobEvent
+from controller.ingest.events import WorkflowJobEvent
 from controller.model import PlatformSpec, ScaleSet, Team
 
 

@@ -1,6 +1,6 @@
 """The OIDC Manager's exchanges: a validated GitHub token for short-lived AWS credentials.
 
-Flow: validate the token (controller.oidc) → map its repository to the one team that owns
+Flow: validate the token (controller.identity.oidc) → map its repository to the one team that owns
 it → ``sts:AssumeRoleWithWebIdentity`` into ``github-runner-<team>-role`` for 900 to 3600 s
 (never longer than the team's ``session_duration_seconds``) → audit, granted or refused,
 never the token.
@@ -19,10 +19,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from controller.access import team_for
 from controller.audit import AuditRecord, log_record
+from controller.identity.access import team_for
+from controller.identity.oidc import OidcValidator, TokenRefused, ValidToken
 from controller.model import PlatformSpec
-from controller.oidc import OidcValidator, TokenRefused, ValidToken
 
 Clock = Callable[[], float]
 MIN_SECONDS, MAX_SECONDS = 900, 3600

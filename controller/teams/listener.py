@@ -21,19 +21,11 @@ from controller.errors import GitHubError
 from controller.github_client import GitHubClient
 from controller.metrics import Metrics
 from controller.model import ScaleSet
-from controller.store import decode_entry, encode_entry, queue_key
-from controller.verifier import TeamVerifier
+from controller.streams import decode_entry, encode_entry, events_key, queue_key, ready_key
+from controller.teams.verifier import TeamVerifier
 
 log = logging.getLogger(__name__)
 GROUP = "verifier"
-
-
-def ready_key(scale_set: str) -> str:
-    return f"rp:ready:{scale_set}"
-
-
-def events_key(scale_set: str) -> str:
-    return f"rp:events:{scale_set}"
 
 
 class Listener:

@@ -11,15 +11,14 @@ after the script returned.
 from __future__ import annotations
 
 import asyncio
-import json
 from dataclasses import dataclass
 from typing import Any
 
 import redis.asyncio as aioredis
 
 from controller.audit import AUDIT_STREAM, AuditRecord
+from controller.streams import encode_entry, queue_key
 
-QUEUE_PREFIX = "rp:queue:"
 STREAM_MAXLEN = 100_000  # a backstop: listeners consume and acknowledge long before
 
 _SCRIPT = """
@@ -41,21 +40,6 @@ redis.call('SET', KEYS[2], '1', 'EX', ARGV[1])
 redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[3], '*', 'r', ARGV[4])
 return id
 """
-
-
-def queue_key(scale_set: str) -> str:
-    return f"{QUEUE_PREFIX}{scale_set}"
-
-
-def encode_entry(job: dict[str, str]) -> str:
-    """How a job travels in every stream (queue, ready, events): one JSON field ``j``."""
-    return json.dumps(job, separators=(",", ":"))
-
-
-def decode_entry(fields: dict[bytes, bytes]) -> dict[str, str]:
-    """A job from any of the streams, as :func:`encode_entry` wrote it."""
-    value: dict[str, str] = json.loads(fields[b"j"])
-    return value
 
 
 @dataclass(frozen=True)

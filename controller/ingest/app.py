@@ -17,14 +17,14 @@ from typing import Any
 import redis.asyncio as aioredis
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from controller import signatures
+from controller.ingest import signatures
 from controller.audit import AuditLog, AuditRecord, log_record
 from controller.errors import BadPayload, IngestError, PayloadTooLarge, SignatureError
-from controller.events import action_of, parse_workflow_job
+from controller.ingest.events import action_of, parse_workflow_job
+from controller.ingest.routing import Router
+from controller.ingest.store import IngestStore
 from controller.metrics import Metrics
 from controller.model import GitHubInstance, PlatformSpec
-from controller.routing import Router
-from controller.store import IngestStore
 
 log = logging.getLogger(__name__)
 Scope = dict[str, Any]

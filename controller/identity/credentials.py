@@ -1,4 +1,4 @@
-"""``python -m controller.credentials`` (``runner-credentials``): credentials for a job.
+"""``python -m controller.identity.credentials`` (``runner-credentials``): credentials for a job.
 
 For workflows that do not use the usual actions. Asks the Actions runtime for the job's
 OIDC token (``ACTIONS_ID_TOKEN_REQUEST_URL`` with ``&audience=…`` and the bearer
@@ -58,7 +58,7 @@ def aws_credentials(settings: JobSettings, token: str, duration: int) -> dict[st
     from botocore import UNSIGNED
     from botocore.config import Config
 
-    from controller.exchange import clamp_duration
+    from controller.identity.aws import clamp_duration
 
     if not settings.aws_role_arn:
         raise HelperError("no RUNNER_PLATFORM_AWS_ROLE_ARN for this runner")
@@ -102,8 +102,8 @@ def aws_credentials(settings: JobSettings, token: str, duration: int) -> dict[st
 def _session_name(token: str, settings: JobSettings) -> str:
     """Run id, actor and team for CloudTrail, as the OIDC Manager names sessions. The
     claims are read unverified: STS verifies the token; this only labels the session."""
-    from controller.exchange import session_name
-    from controller.oidc import TokenRefused, split_token
+    from controller.identity.aws import session_name
+    from controller.identity.oidc import TokenRefused, split_token
 
     try:
         claims = split_token(token)[1]
@@ -181,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
                     ),
                 )
             return 0
-        from controller.vault_exchange import VaultRefused, VaultSession
+        from controller.identity.vault import VaultRefused, VaultSession
 
         if not (settings.vault_addr and settings.vault_mount and settings.vault_role):
             raise HelperError("VAULT_ADDR, RUNNER_PLATFORM_VAULT_MOUNT and _ROLE are needed")
