@@ -12,10 +12,11 @@ import hashlib
 from typing import Any
 
 from components.k8s_objects import Manifest
-from controller.model import PlatformSpec, Team
+from controller.model import RUNNER_SERVICE_ACCOUNT, PlatformSpec, Team
 
 CONTROLLER_NAME = "runner-controller"
-RUNNER_SERVICE_ACCOUNT = "runner"
+# Shared with the provisioner, which names it in every runner pod. Read through the
+# package: the layer contract lets components import controller.model, not its modules.
 CONFIG_MAP = "runner-controller-config"
 REDIS_SECRET = "runner-controller-redis"
 CONFIG_DIR = "/etc/runner-platform"

@@ -18,6 +18,7 @@ from components.k8s_objects import Manifest, declare
 from controller.model import (
     CILIUM_STARTUP_TAINT,
     POOL_LABEL,
+    RUNNER_PRIORITY_CLASS,
     PlatformSpec,
     Pool,
     Team,
@@ -27,6 +28,9 @@ from controller.quantity import format_cpu, format_memory, parse_quantity
 WARM_NAMESPACE = "runner-platform-warm"
 PLACEHOLDER_PRIORITY_CLASS = "runner-platform-placeholder"
 PLACEHOLDER_PRIORITY = -10
+# Named in every runner pod by the provisioner. Read through the package: the layer
+# contract lets components import controller.model, not its modules.
+RUNNER_PRIORITY = 1000
 PAUSE_IMAGE = "registry.k8s.io/pause:3.10"
 NVIDIA_PLUGIN_CHART = "nvidia-device-plugin"
 NVIDIA_PLUGIN_REPO = "https://nvidia.github.io/k8s-device-plugin"
@@ -226,6 +230,26 @@ def placeholder_priority_class() -> Manifest:
     }
 
 
+def runner_priority_class() -> Manifest:
+    """Runner pods outrank the placeholders, so they preempt them on warm nodes.
+
+    Any pod without a class (priority 0) would already preempt a placeholder; the class
+    makes it explicit and independent of a cluster's globalDefault, and puts runners ahead
+    of unprioritised pods in the scheduling queue. On the untainted warm pool a runner may
+    also preempt a stray unprioritised pod: those nodes are there for runners. It stays
+    far below system-cluster-critical (2000000000), so system pods always win.
+    """
+    return {
+        "apiVersion": "scheduling.k8s.io/v1",
+        "kind": "PriorityClass",
+        "metadata": {"name": RUNNER_PRIORITY_CLASS},
+        "value": RUNNER_PRIORITY,
+        "globalDefault": False,
+        "preemptionPolicy": "PreemptLowerPriority",
+        "description": "GitHub Actions runner pods; they preempt warm-capacity placeholders.",
+    }
+
+
 def placeholder_requests(spec: PlatformSpec, pool: Pool) -> dict[str, str]:
     """One placeholder holds a node big enough for a full node of the largest runners."""
     teams = spec.teams_on_pool(pool.name)
@@ -370,6 +394,8 @@ class NodePools(pulumi.ComponentResource):
     ) -> None:
         super().__init__("runner-platform:node_pools:NodePools", name, None, opts)
         after = pulumi.ResourceOptions(parent=self, provider=provider, depends_on=depends_on)
+        # Every stack runs runner pods, warm pools or not.
+        declare(runner_priority_class(), after)
         warm: list[pulumi.Resource] = []
         if any(pool.warm_nodes for pool in spec.pools):
             warm = [declare(warm_namespace(), after), declare(placeholder_priority_class(), after)]

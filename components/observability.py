@@ -30,6 +30,10 @@ def alert_rules(spec: PlatformSpec) -> list[dict[str, Any]]:
     obs = spec.observability
     return [
         {
+            # Per pod, from kube-state-metrics: "for" then means this one pod stayed
+            # Pending. The controller's runners{state="pending"} gauge counts per scale
+            # set, so it stays above zero under a steady stream of pods that are each
+            # Pending for seconds, and cannot tell that from one stuck pod.
             "alert": "RunnerPodPendingTooLong",
             "expr": 'max by (namespace, pod) (kube_pod_status_phase{phase="Pending", '
             'namespace=~"runners-.*"}) > 0',

@@ -1,4 +1,5 @@
-"""``python -m controller`` (or ``runner-controller``): serve, listen, audit."""
+"""``python -m controller`` (or ``runner-controller``): serve, listen, provision, audit,
+access-matrix."""
 
 from __future__ import annotations
 
@@ -109,6 +110,70 @@ async def _listen_forever(settings: Settings) -> None:
     await asyncio.gather(*(run(listener) for listener in listeners))
 
 
+async def _provision_forever(settings: Settings) -> None:
+    import signal
+
+    from prometheus_client import start_http_server
+
+    from controller.audit import AuditLog
+    from controller.metrics import Metrics
+    from controller.provision.demand import DemandStore
+    from controller.provision.kube import KubeApi, KubeConfig
+    from controller.provision.provisioner import Provisioner, Tuning
+    from controller.provision.reaper import Reaper
+    from controller.wiring import (
+        connect_redis,
+        github_clients,
+        load_facts_or_exit,
+        load_spec_or_exit,
+    )
+
+    spec = load_spec_or_exit(settings.spec_path)
+    facts = load_facts_or_exit(settings)
+    redis = connect_redis(settings)
+    metrics = Metrics()
+    if settings.provision_metrics_port:
+        start_http_server(settings.provision_metrics_port, registry=metrics.registry)
+    kube = KubeApi(
+        KubeConfig.load(settings.kubeconfig_path),
+        qps=settings.kube_qps,
+        burst=settings.kube_burst,
+        concurrency=max(settings.write_concurrency * 2, 8),
+        metrics=metrics,
+    )
+    provisioner = Provisioner(
+        spec,
+        facts,
+        DemandStore(redis, [s.name for s in spec.scale_sets()], socket.gethostname()),
+        kube,
+        github_clients(spec, settings, metrics),
+        AuditLog(redis, settings.audit_max_records),
+        metrics,
+        Tuning(
+            write_concurrency=settings.write_concurrency,
+            resync_seconds=settings.resync_seconds,
+            idle_grace_seconds=settings.idle_grace_seconds,
+        ),
+    )
+    reaper = Reaper(
+        provisioner,
+        pending_timeout=settings.pending_timeout_seconds,
+        startup_grace=settings.startup_grace_seconds,
+    )
+    work = asyncio.gather(provisioner.run(), reaper.run(settings.reap_seconds))
+    stopped = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stopped.set)
+    await stopped.wait()
+    # SIGTERM: stop creating, let creations under way finish, leave running jobs alone.
+    logging.getLogger(__name__).info("stopping: no new runners; running jobs are left alone")
+    await provisioner.stop()
+    work.cancel()
+    await asyncio.gather(work, return_exceptions=True)
+    await kube.aclose()
+
+
 def _audit(args: argparse.Namespace, settings: Settings) -> int:
     import redis
 
@@ -179,6 +244,7 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("serve", help="the webhook router (ASGI on RUNNER_PLATFORM_PORT)")
     commands.add_parser("listen", help="verify queued jobs of every scale set")
+    commands.add_parser("provision", help="the Pod Provisioner: runner pods for verified jobs")
     audit = commands.add_parser("audit", help="read audit records, newest first")
     audit.add_argument("--team")
     audit.add_argument("--user")
@@ -209,6 +275,9 @@ def main(argv: list[str] | None = None) -> int:
             return _serve(settings)
         if args.command == "listen":
             asyncio.run(_listen_forever(settings))
+            return 0
+        if args.command == "provision":
+            asyncio.run(_provision_forever(settings))
             return 0
         return _audit(args, settings)
     except MissingSecret as error:

@@ -50,6 +50,8 @@ class TokenBucket:
         self.updated = now
 
     def wait_time(self, points: float) -> float:
+        if self.capacity <= 0:
+            return 0.0
         self._refill()
         return 0.0 if self.tokens >= points else (points - self.tokens) * 60 / self.capacity
 
@@ -65,6 +67,8 @@ class AppCredentials:
     private_key: bytes
     installations: dict[str, int]
     bucket: TokenBucket = field(default_factory=TokenBucket)
+    """GitHub's secondary limit as seen by this App; ``capacity`` 0 turns pacing off
+    (Enterprise Server with rate limits disabled)."""
     remaining: int = 5000
     tokens: dict[int, tuple[str, float]] = field(
         default_factory=dict
@@ -251,6 +255,36 @@ class GitHubClient:
             org=org,
             endpoint="generate_jitconfig",
             body={"name": name, "runner_group_id": runner_group_id, "labels": labels},
+        )
+
+    async def runner_groups(self, org: str, page: int = 1) -> Reply:
+        """``{total_count, runner_groups: [{id, name, ...}]}``, 100 a page."""
+        return await self.request(
+            "GET",
+            f"/orgs/{org}/actions/runner-groups?per_page=100&page={page}",
+            org=org,
+            endpoint="runner_groups",
+        )
+
+    async def runners(self, org: str, page: int = 1) -> Reply:
+        """``{total_count, runners: [{id, name, status, busy, runner_group_id, ...}]}``."""
+        return await self.request(
+            "GET",
+            f"/orgs/{org}/actions/runners?per_page=100&page={page}",
+            org=org,
+            endpoint="runners",
+        )
+
+    async def runner(self, org: str, runner_id: int) -> Reply:
+        """200 with the runner, or 404 once it is gone (ephemeral runners after their job)."""
+        return await self.request(
+            "GET", f"/orgs/{org}/actions/runners/{runner_id}", org=org, endpoint="runner"
+        )
+
+    async def delete_runner(self, org: str, runner_id: int) -> Reply:
+        """204; 404 if already gone; 422 while the runner is running a job."""
+        return await self.request(
+            "DELETE", f"/orgs/{org}/actions/runners/{runner_id}", org=org, endpoint="runner_delete"
         )
 
 

@@ -31,3 +31,6 @@ def configure(level: str = "INFO") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    # httpx logs every request at INFO: thousands a minute at scale, with URLs that name
+    # orgs and runners. Our own modules log what matters.
+    logging.getLogger("httpx").setLevel(max(logging.WARNING, root.level))

@@ -5,6 +5,18 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+# Job latencies from queued to created, running and busy: from a warm idle runner (under
+# a second) to a cold GPU node (minutes). histogram_quantile interpolates linearly inside
+# a bucket, so P50, P95 and P99 are only as good as the bucket around them: steps of at
+# most 1.7x from 2 s to 10 min (where pod starts fall), 2-2.5x below. 22 buckets per
+# (team, pool) keep the series count modest.
+JOB_LATENCY_BUCKETS = (
+    0.05, 0.1, 0.25, 0.5, 1, 2, 3, 5, 7.5, 10, 15, 20, 30, 45, 60, 90, 120, 180, 240, 300,
+    420, 600,
+)  # fmt: skip
+# One Kubernetes API request: milliseconds when healthy, seconds when throttled.
+KUBE_API_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+
 
 class Metrics:
     """One registry per process (tests build many apps, each with its own)."""
@@ -55,12 +67,26 @@ class Metrics:
             ["instance", "app"],
             registry=r,
         )
+        self.pod_created = Histogram(
+            "runner_platform_pod_created_seconds",
+            "From job queued to runner pod created.",
+            ["team", "pool"],
+            registry=r,
+            buckets=JOB_LATENCY_BUCKETS,
+        )
         self.pod_start = Histogram(
             "runner_platform_pod_start_seconds",
             "From job queued to runner pod running.",
             ["team", "pool"],
             registry=r,
-            buckets=(1, 2, 5, 10, 20, 30, 60, 120, 300, 600),
+            buckets=JOB_LATENCY_BUCKETS,
+        )
+        self.queue_time = Histogram(
+            "runner_platform_queue_time_seconds",
+            "From job queued to a runner running it (in_progress).",
+            ["team", "pool"],
+            registry=r,
+            buckets=JOB_LATENCY_BUCKETS,
         )
         self.jobs_completed = Counter(
             "runner_platform_jobs_completed_total",
@@ -70,7 +96,44 @@ class Metrics:
         )
         self.runners = Gauge(
             "runner_platform_runners",
-            "Runners per team, pool and state.",
+            "Runners per team, pool and state (pending, idle, busy, finishing).",
             ["team", "pool", "state"],
+            registry=r,
+        )
+        self.desired_runners = Gauge(
+            "runner_platform_desired_runners",
+            "Runners each scale set should have: queued jobs plus min idle, clamped.",
+            ["scale_set"],
+            registry=r,
+        )
+        self.actual_runners = Gauge(
+            "runner_platform_actual_runners",
+            "Live runner pods of each scale set.",
+            ["scale_set"],
+            registry=r,
+        )
+        self.jit_configs = Counter(
+            "runner_platform_jit_configs_total",
+            "JIT runner configs requested from GitHub, by instance and result.",
+            ["instance", "result"],
+            registry=r,
+        )
+        self.reaped = Counter(
+            "runner_platform_reaped_total",
+            "Orphans removed by the reaper, by reason and kind (pod, secret, runner).",
+            ["reason", "kind"],
+            registry=r,
+        )
+        self.kube_api_seconds = Histogram(
+            "runner_platform_kube_api_seconds",
+            "Kubernetes API requests by verb and resource.",
+            ["verb", "resource"],
+            registry=r,
+            buckets=KUBE_API_BUCKETS,
+        )
+        self.kube_api_errors = Counter(
+            "runner_platform_kube_api_errors_total",
+            "Failed Kubernetes API requests by verb, resource and status code.",
+            ["verb", "resource", "code"],
             registry=r,
         )

@@ -60,10 +60,38 @@ class Settings:
     """How long delivery ids are remembered; GHES redelivers 7 days back (…_DEDUPE_TTL)."""
     audit_max_records: int = 1_000_000
     """Approximate bound on the audit stream (RUNNER_PLATFORM_AUDIT_MAX)."""
-    cancel_denied_runs: bool = False
-    """Cancel the workflow run of a denied job through the API (…_CANCEL_DENIED)."""
+    cancel_denied_runs: bool = True
+    """Cancel the workflow run of a denied job through the API (…_CANCEL_DENIED). On by
+    default: a denied job left queued on GitHub is handed to the next idle runner of the
+    team's group whose labels match, i.e. one started for a member's job."""
     log_level: str = "INFO"
     """Python log level (RUNNER_PLATFORM_LOG_LEVEL)."""
+    github_api_urls: str = ""
+    """Per-instance GitHub API URL overrides, ``name=url,…``: a GHES behind a proxy or on
+    another port, or the local emulator (RUNNER_PLATFORM_GITHUB_API_URLS)."""
+    github_points_per_minute: int = 900
+    """Secondary-limit points each App may spend a minute; 0 when the instance has no
+    rate limits (GHES default) (RUNNER_PLATFORM_GITHUB_POINTS)."""
+    kubeconfig_path: Path | None = None
+    """Kubeconfig of the cluster; unset: the pod's service account (…_KUBECONFIG)."""
+    kube_qps: int = 100
+    """Kubernetes requests per second, sustained (RUNNER_PLATFORM_KUBE_QPS)."""
+    kube_burst: int = 200
+    """Kubernetes requests allowed at once above the QPS (RUNNER_PLATFORM_KUBE_BURST)."""
+    write_concurrency: int = 32
+    """Runners being created at once: JIT call, pod, Secret (RUNNER_PLATFORM_WRITES)."""
+    resync_seconds: int = 5
+    """Every scale set is reconciled at least this often (RUNNER_PLATFORM_RESYNC)."""
+    idle_grace_seconds: int = 60
+    """A surplus idle runner is retired only after this long (RUNNER_PLATFORM_IDLE_GRACE)."""
+    pending_timeout_seconds: int = 900
+    """A runner pod Pending this long is reaped: its node never came (…_PENDING_TIMEOUT)."""
+    startup_grace_seconds: int = 300
+    """A running pod whose runner is not online after this is reaped (…_STARTUP_GRACE)."""
+    reap_seconds: int = 60
+    """How often the reaper looks for orphans (RUNNER_PLATFORM_REAP_INTERVAL)."""
+    provision_metrics_port: int = 9102
+    """Port of the provisioner's /metrics (RUNNER_PLATFORM_PROVISION_METRICS_PORT)."""
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
@@ -80,8 +108,32 @@ class Settings:
             "audit_max_records": "RUNNER_PLATFORM_AUDIT_MAX",
             "cancel_denied_runs": "RUNNER_PLATFORM_CANCEL_DENIED",
             "log_level": "RUNNER_PLATFORM_LOG_LEVEL",
+            "github_api_urls": "RUNNER_PLATFORM_GITHUB_API_URLS",
+            "github_points_per_minute": "RUNNER_PLATFORM_GITHUB_POINTS",
+            "kubeconfig_path": "RUNNER_PLATFORM_KUBECONFIG",
+            "kube_qps": "RUNNER_PLATFORM_KUBE_QPS",
+            "kube_burst": "RUNNER_PLATFORM_KUBE_BURST",
+            "write_concurrency": "RUNNER_PLATFORM_WRITES",
+            "resync_seconds": "RUNNER_PLATFORM_RESYNC",
+            "idle_grace_seconds": "RUNNER_PLATFORM_IDLE_GRACE",
+            "pending_timeout_seconds": "RUNNER_PLATFORM_PENDING_TIMEOUT",
+            "startup_grace_seconds": "RUNNER_PLATFORM_STARTUP_GRACE",
+            "reap_seconds": "RUNNER_PLATFORM_REAP_INTERVAL",
+            "provision_metrics_port": "RUNNER_PLATFORM_PROVISION_METRICS_PORT",
         }
         return _from_env(cls, names, env)
+
+    def api_urls(self) -> dict[str, str]:
+        """``github_api_urls`` as a map; a malformed entry is an error that names it."""
+        urls: dict[str, str] = {}
+        for item in filter(None, (part.strip() for part in self.github_api_urls.split(","))):
+            name, _, url = item.partition("=")
+            if not name or not url.startswith(("http://", "https://")):
+                raise ValueError(
+                    f"RUNNER_PLATFORM_GITHUB_API_URLS: '{item}' is not 'instance=http(s)://…'"
+                )
+            urls[name.strip()] = url.strip().rstrip("/")
+        return urls
 
     def secret(self, name: str, key: str) -> bytes:
         """A mounted Secret's value; a missing one is an error that names its path."""

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import redis.asyncio as aioredis
 
-from controller.github_client import AppCredentials, GitHubClient
+from controller.github_client import AppCredentials, GitHubClient, TokenBucket
 from controller.metrics import Metrics
 from controller.model import PlatformSpec, RuntimeFacts, SpecError, load_spec_json
 from controller.settings import Settings
@@ -21,6 +21,17 @@ def load_spec_or_exit(path: Path) -> PlatformSpec:
         sys.exit(f"controller: no platform spec at {path} (set RUNNER_PLATFORM_SPEC)")
     except SpecError as error:
         sys.exit(f"controller: refusing to start, {error}")
+
+
+def load_facts_or_exit(settings: Settings) -> RuntimeFacts:
+    """The runtime facts (role ARNs, Vault mounts) the runner pods need, or exit 2."""
+    path = settings.runtime_path
+    if path is None or not path.exists():
+        sys.exit(f"controller: no runtime facts at {path} (set RUNNER_PLATFORM_RUNTIME)")
+    try:
+        return RuntimeFacts.model_validate_json(path.read_bytes())
+    except ValueError as error:
+        sys.exit(f"controller: refusing to start, runtime facts at {path}: {error}")
 
 
 def redis_url(settings: Settings) -> str:
@@ -48,19 +59,29 @@ def webhook_secrets(spec: PlatformSpec, settings: Settings) -> dict[str, bytes]:
 
 
 def github_clients(
-    spec: PlatformSpec, settings: Settings, metrics: Metrics, api_urls: dict[str, str] | None = None
+    spec: PlatformSpec, settings: Settings, metrics: Metrics
 ) -> dict[str, GitHubClient]:
     clients = {}
+    try:
+        api_urls = settings.api_urls()
+    except ValueError as error:
+        sys.exit(f"controller: {error}")
+    unknown = set(api_urls) - {i.name for i in spec.github_instances}
+    if unknown:
+        sys.exit(
+            f"controller: RUNNER_PLATFORM_GITHUB_API_URLS names unknown instances {sorted(unknown)}"
+        )
     for instance in spec.github_instances:
         apps = [
             AppCredentials(
                 app.app_id,
                 settings.secret(app.private_key.name, app.private_key.key),
                 dict(app.installations),
+                bucket=TokenBucket(capacity=float(settings.github_points_per_minute)),
             )
             for app in instance.apps
         ]
         clients[instance.name] = GitHubClient(
-            instance, apps, metrics=metrics, api_url=(api_urls or {}).get(instance.name)
+            instance, apps, metrics=metrics, api_url=api_urls.get(instance.name)
         )
     return clients

@@ -17,9 +17,9 @@ from typing import Any
 import redis.asyncio as aioredis
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from controller.ingest import signatures
 from controller.audit import AuditLog, AuditRecord, log_record
 from controller.errors import BadPayload, IngestError, PayloadTooLarge, SignatureError
+from controller.ingest import signatures
 from controller.ingest.events import action_of, parse_workflow_job
 from controller.ingest.routing import Router
 from controller.ingest.store import IngestStore
@@ -255,6 +255,7 @@ class WebhookApp:
             "runner_name": job.workflow_job.runner_name or "",
             "runner_group": job.workflow_job.runner_group_name or "",
             "conclusion": job.workflow_job.conclusion or "",
+            "created_at": job.workflow_job.created_at or "",
             "received_at": f"{time.time():.3f}",
         }
         stored = await self.store.store(

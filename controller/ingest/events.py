@@ -42,6 +42,8 @@ class WorkflowJob(_Payload):
     runner_name: str | None = None
     runner_group_id: int | None = None
     runner_group_name: str | None = None
+    created_at: Annotated[str, StringConstraints(max_length=40)] | None = None
+    """When the job was queued (GitHub's clock): the start of queue-time metrics."""
 
 
 class WorkflowJobEvent(_Payload):

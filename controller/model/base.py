@@ -27,6 +27,11 @@ POOL_LABEL = "pool"
 POOL_TAINT_KEY = "runner-platform.io/pool"
 GPU_TAINT_KEY = "nvidia.com/gpu"
 CILIUM_STARTUP_TAINT = "node.cilium.io/agent-not-ready"
+# The ServiceAccount of runner pods in each team namespace (the components declare it,
+# the provisioner names it in every pod) and the PriorityClass that lets runner pods
+# preempt the warm-capacity placeholders.
+RUNNER_SERVICE_ACCOUNT = "runner"
+RUNNER_PRIORITY_CLASS = "runner-platform-runner"
 
 
 # --- scalar checks -------------------------------------------------------------------

@@ -9,7 +9,8 @@ from typing import Any
 import pytest
 
 from components import controller_manifests, node_pools, observability
-from controller.model import PlatformSpec
+from controller.model import PlatformSpec, RuntimeFacts
+from controller.provision import pod as runner_pod
 from localenv.dry_run import Rejected, submit
 from localenv.kube import ControlPlane
 
@@ -18,6 +19,7 @@ def _objects(spec: PlatformSpec) -> list[dict[str, Any]]:
     objects: list[dict[str, Any]] = [
         node_pools.warm_namespace(),
         node_pools.placeholder_priority_class(),
+        node_pools.runner_priority_class(),
     ]
     for pool in spec.pools:
         objects += node_pools.pool_objects(spec, pool, "KarpenterNodeRole-runners-dev")
@@ -140,4 +142,117 @@ def test_a_wrong_enum_value_is_rejected(
     manifest = node_pools.node_pool(dev_spec_module, dev_spec_module.pool("warm"))
     manifest["spec"]["disruption"]["consolidationPolicy"] = "Sometimes"
     with pytest.raises(Rejected, match="consolidationPolicy"):
+        submit(kube_api.api_client(), manifest)
+
+
+# --- runner pods: what the provisioner creates, against the objects the stack declares --
+
+FACTS = RuntimeFacts(
+    team_role_arns={
+        team: f"arn:aws:iam::123456789012:role/github-runner-{team}-role"
+        for team in ("web", "ml", "infra")
+    },
+    vault_mounts={"cloud": "jwt-cloud", "ghes": "jwt-ghes"},
+    redis_endpoint="redis.runners-dev.internal",
+)
+
+
+def _create(api: Any, manifest: dict[str, Any]) -> None:
+    """Create for real (strictly validated too); an object already there is fine."""
+    try:
+        submit(api, manifest, dry_run=False)
+    except Rejected as error:
+        if error.status != 409:
+            raise
+
+
+@pytest.fixture(scope="module")
+def runner_objects(
+    kube_api: ControlPlane, dev_spec_module: PlatformSpec, accepted: dict[str, dict[str, Any]]
+) -> dict[str, tuple[dict[str, Any], dict[str, Any]]]:
+    """Each scale set's pod and Secret as the server would store them (dry run).
+
+    A pod's priority class must exist for admission to resolve it, so it and the runner
+    ServiceAccounts are created for real, after ``accepted`` dry-ran them (the team
+    namespaces already exist).
+    """
+    api = kube_api.api_client()
+    _create(api, node_pools.runner_priority_class())
+    for account in controller_manifests.service_accounts(dev_spec_module, "arn"):
+        if account["metadata"]["name"] == controller_manifests.RUNNER_SERVICE_ACCOUNT:
+            _create(api, account)
+    results = {}
+    for scale_set in dev_spec_module.scale_sets():
+        name = f"{scale_set.name}-runner-1"
+        pod = submit(api, runner_pod.runner_pod(dev_spec_module, FACTS, scale_set, name, 7))
+        secret = runner_pod.jit_secret(scale_set, name, "eyJqaXQiOiAiY29uZmlnIn0=")
+        secret["metadata"]["ownerReferences"] = [runner_pod.secret_owner_reference(pod)]
+        results[scale_set.name] = (pod, submit(api, secret))
+    return results
+
+
+def test_every_scale_set_pod_and_secret_is_accepted(
+    runner_objects: dict[str, tuple[dict[str, Any], dict[str, Any]]],
+    dev_spec_module: PlatformSpec,
+) -> None:
+    assert set(runner_objects) == {s.name for s in dev_spec_module.scale_sets()}
+    for name, (pod, secret) in runner_objects.items():
+        # The server resolved the runner PriorityClass: runners outrank placeholders.
+        assert pod["spec"]["priority"] == node_pools.RUNNER_PRIORITY, name
+        assert pod["spec"]["preemptionPolicy"] == "PreemptLowerPriority", name
+        assert pod["spec"]["serviceAccountName"] == "runner"
+        assert secret["metadata"]["namespace"] == pod["metadata"]["namespace"]
+        assert secret["metadata"]["ownerReferences"][0]["uid"] == pod["metadata"]["uid"]
+        assert secret["data"] == {"jitconfig": "ZXlKcWFYUWlPaUFpWTI5dVptbG5JbjA9"}
+        assert secret["immutable"] is True
+
+
+def test_the_server_keeps_gpu_resources_and_pool_tolerations(
+    runner_objects: dict[str, tuple[dict[str, Any], dict[str, Any]]],
+) -> None:
+    pod, _ = runner_objects["ml-gpu"]
+    resources = pod["spec"]["containers"][0]["resources"]
+    assert resources["limits"]["nvidia.com/gpu"] == resources["requests"]["nvidia.com/gpu"] == "1"
+    assert pod["spec"]["nodeSelector"] == {"pool": "gpu"}
+    assert {t["key"] for t in pod["spec"]["tolerations"]} >= {
+        "runner-platform.io/pool",
+        "nvidia.com/gpu",
+    }
+
+
+def test_runner_pods_meet_the_restricted_pod_security_standard(
+    kube_api: ControlPlane, dev_spec_module: PlatformSpec, runner_objects: Any
+) -> None:
+    """Team namespaces enforce "baseline"; the pod meets "restricted" as well, which the
+    API server's PodSecurity admission checks here (and refuses a weakened pod).
+    ``runner_objects`` created the priority class the pod names."""
+    api = kube_api.api_client()
+    namespace = "runner-pod-restricted"
+    _create(
+        api,
+        {
+            "apiVersion": "v1",
+            "kind": "Namespace",
+            "metadata": {
+                "name": namespace,
+                "labels": {"pod-security.kubernetes.io/enforce": "restricted"},
+            },
+        },
+    )
+    scale_set = dev_spec_module.scale_sets()[0]
+    manifest = runner_pod.runner_pod(dev_spec_module, FACTS, scale_set, "restricted-1", 1)
+    manifest["metadata"]["namespace"] = namespace
+    submit(api, manifest)
+    manifest["spec"]["containers"][0]["securityContext"]["allowPrivilegeEscalation"] = True
+    with pytest.raises(Rejected, match="violates PodSecurity"):
+        submit(api, manifest)
+
+
+def test_a_misspelt_pod_field_is_rejected(
+    kube_api: ControlPlane, dev_spec_module: PlatformSpec, runner_objects: Any
+) -> None:
+    scale_set = dev_spec_module.scale_sets()[0]
+    manifest = runner_pod.runner_pod(dev_spec_module, FACTS, scale_set, "typo-1", 1)
+    manifest["spec"]["activeDeadlineSecond"] = 60
+    with pytest.raises(Rejected, match=r'unknown field "spec.activeDeadlineSecond"'):
         submit(kube_api.api_client(), manifest)

@@ -70,7 +70,21 @@ def test_warm_pool_has_placeholders_and_prepull(dev_run: RecordingMocks) -> None
     daemonsets = _by_metadata_name(dev_run, "kubernetes:apps/v1:DaemonSet")
     assert deployments["placeholder-warm"]["spec"]["replicas"] == 2
     assert set(daemonsets) == {"prepull-warm"}
-    assert len(dev_run.of_type("kubernetes:scheduling.k8s.io/v1:PriorityClass")) == 1
+    assert set(_by_metadata_name(dev_run, "kubernetes:scheduling.k8s.io/v1:PriorityClass")) == {
+        "runner-platform-placeholder",
+        "runner-platform-runner",
+    }
+
+
+def test_a_stack_without_warm_pools_still_declares_the_runner_priority_class() -> None:
+    config = dict(DEV_CONFIG)
+    pools = json.loads(config["runner-platform:pools"])
+    pools[0].update(kind="custom", warm_nodes=0)
+    config["runner-platform:pools"] = json.dumps(pools)
+    run = run_program(config)
+    assert set(_by_metadata_name(run, "kubernetes:scheduling.k8s.io/v1:PriorityClass")) == {
+        "runner-platform-runner"
+    }
 
 
 def test_cilium_release_encrypts_with_wireguard(dev_run: RecordingMocks) -> None:

@@ -53,6 +53,8 @@ def test_runner_service_accounts_carry_no_token(dev_spec: PlatformSpec) -> None:
     accounts = [o for o in _objects(dev_spec) if o["kind"] == "ServiceAccount"]
     runners = [a for a in accounts if a["metadata"]["name"] == "runner"]
     assert len(runners) == 3
+    # The provisioner names the same account in its pods (controller.model.base).
+    assert cm.RUNNER_SERVICE_ACCOUNT == "runner"
     assert all(a["automountServiceAccountToken"] is False for a in runners)
 
 

@@ -107,6 +107,17 @@ def test_placeholder_priority_is_negative_and_never_preempts() -> None:
     assert priority["preemptionPolicy"] == "Never"
 
 
+def test_runner_priority_class_preempts_the_placeholders() -> None:
+    runner = np.runner_priority_class()
+    placeholder = np.placeholder_priority_class()
+    assert runner["metadata"]["name"] == "runner-platform-runner"
+    assert runner["value"] > placeholder["value"]
+    assert runner["preemptionPolicy"] == "PreemptLowerPriority"
+    assert runner["globalDefault"] is False
+    # Below system-cluster-critical, so system pods keep their precedence.
+    assert 0 < runner["value"] < 2_000_000_000
+
+
 def test_prepull_pulls_each_runner_image_of_the_pool_once(dev_document: dict[str, Any]) -> None:
     dev_document["teams"][2]["runner_image"] = "ghcr.io/acme/runner:infra"
     spec = load_spec(dev_document)

@@ -1,0 +1,483 @@
+"""The Pod Provisioner: level-triggered, per scale set.
+
+Each pass over a scale set reads demand from Redis (jobs queued and not started, busy
+runners; see :mod:`controller.provision.demand`) and supply from the pod cache (the
+scale set's runner pods that are not finishing, plus those being created right now):
+
+    desired = busy + queued + min_idle
+    create  = min(desired - supply, team's max_runners headroom, pool limits headroom)
+
+and creates that many JIT runners (a bounded number at once), or retires surplus idle
+runners that have been idle for the grace period. Everything is counted, nothing is bound
+to a job, so a restart, a duplicate event or a replayed stream cannot double a runner.
+Passes run when demand or a pod changes, and at least every ``resync`` seconds.
+
+A finished runner pod (Succeeded/Failed) is cleaned up as soon as the watch shows it: pod
+and Secret deleted, the runner registration deleted if it still exists, the outcome
+recorded. Orphans of every other kind are the reaper's (:mod:`controller.provision.reaper`).
+On :meth:`Provisioner.stop` (SIGTERM) no runner is created any more; running jobs are
+left alone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from controller.audit import AuditLog, AuditRecord
+from controller.errors import GitHubError, GitHubUnavailable, RateLimited
+from controller.github_client import GitHubClient
+from controller.metrics import Metrics
+from controller.model import PlatformSpec, RuntimeFacts, ScaleSet
+from controller.provision import jit
+from controller.provision.cache import STATES, PodCache, RunnerPod, lean
+from controller.provision.demand import Applied, Demand, DemandStore, job_time
+from controller.provision.kube import Conflict, KubeApi, KubeError
+from controller.provision.pod import (
+    jit_secret,
+    runner_pod,
+    secret_owner_reference,
+    selector,
+)
+from controller.quantity import parse_quantity
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Tuning:
+    """How hard and how often the provisioner acts (from Settings)."""
+
+    write_concurrency: int = 32
+    resync_seconds: float = 5.0
+    idle_grace_seconds: float = 60.0
+    github_retries: int = 3
+    github_backoff_seconds: float = 0.5
+
+
+class Provisioner:
+    def __init__(
+        self,
+        spec: PlatformSpec,
+        facts: RuntimeFacts,
+        redis_demand: DemandStore,
+        kube: KubeApi,
+        github: dict[str, GitHubClient],
+        audit: AuditLog,
+        metrics: Metrics,
+        tuning: Tuning = Tuning(),
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.spec = spec
+        self.facts = facts
+        self.demand_store = redis_demand
+        self.kube = kube
+        self.github = github
+        self.audit = audit
+        self.metrics = metrics
+        self.tuning = tuning
+        self.clock = clock
+        self.scale_sets = {s.name: s for s in spec.scale_sets()}
+        self.teams = {t.name: t for t in spec.teams}
+        self.pools = {p.name: p for p in spec.pools}
+        self.groups = jit.RunnerGroups()
+        self.cache = PodCache(self._pod_changed)
+        self.inflight: dict[str, int] = dict.fromkeys(self.scale_sets, 0)
+        self.inflight_names: set[str] = set()
+        self.writes = asyncio.Semaphore(tuning.write_concurrency)
+        self.stopping = False
+        self.backoff_until: dict[str, float] = {}  # scale set -> monotonic time
+        self.demand_since: dict[str, float] = {}  # pod name -> when its demand was queued
+        self.cleaning: set[tuple[str, str]] = set()
+        self._dirty: set[str] = set()
+        self._wake = asyncio.Event()
+        self._passes: dict[str, asyncio.Task[None]] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self.namespaces = sorted({t.namespace for t in spec.teams})
+
+    # -- running --
+
+    async def run(self) -> None:
+        """Watch pods, consume demand and reconcile until :meth:`stop` or cancellation."""
+        await self.demand_store.ensure_groups()
+        loops = [
+            *(self._watch(namespace) for namespace in self.namespaces),
+            self._consume_demand(),
+            self._reconcile_loop(),
+        ]
+        await asyncio.gather(*loops)
+
+    async def stop(self, drain_seconds: float = 20.0) -> None:
+        """Create no more runners; wait (bounded) for creations under way to finish, so
+        none leaves a registration without its pod. Running jobs are not touched."""
+        self.stopping = True
+        deadline = time.monotonic() + drain_seconds
+        while any(self.inflight.values()) and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+
+    def mark(self, scale_set: str) -> None:
+        self._dirty.add(scale_set)
+        self._wake.set()
+
+    def synced(self) -> bool:
+        return all(ns in self.cache.synced for ns in self.namespaces)
+
+    def _spawn(self, coroutine: Awaitable[Any]) -> None:
+        task = asyncio.ensure_future(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _watch(self, namespace: str) -> None:
+        async for kind, obj in self.kube.watch(namespace, "pods", selector()):
+            self.cache.apply(namespace, kind, obj)
+
+    async def _consume_demand(self) -> None:
+        last_claim = 0.0
+        while True:
+            try:
+                applied = await self.demand_store.consume(block_ms=1000)
+                if time.monotonic() - last_claim > 30:
+                    applied += await self.demand_store.claim_abandoned()
+                    dropped = await self.demand_store.expire_stale(self.clock())
+                    if dropped:
+                        log.warning("dropped %d jobs queued longer than GitHub keeps them", dropped)
+                    last_claim = time.monotonic()
+            except Exception:
+                log.exception("reading demand from Redis failed; retrying")
+                await asyncio.sleep(1)
+                continue
+            for item in applied:
+                self._observe_event(item)
+                self.mark(item.scale_set)
+
+    def _observe_event(self, item: Applied) -> None:
+        scale_set = self.scale_sets[item.scale_set]
+        if item.action == "in_progress" and item.was_pending:
+            waited = max(0.0, job_time(item.job, "received_at") - job_time(item.job))
+            self.metrics.queue_time.labels(scale_set.team, scale_set.pool).observe(waited)
+        elif item.action == "completed":
+            conclusion = item.job.get("conclusion") or "unknown"
+            self.metrics.jobs_completed.labels(scale_set.team, scale_set.pool, conclusion).inc()
+
+    async def _reconcile_loop(self) -> None:
+        while True:
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout=self.tuning.resync_seconds)
+            except TimeoutError:
+                self._dirty.update(self.scale_sets)  # the periodic level-triggered pass
+            self._wake.clear()
+            if not self.synced():
+                continue  # never act on a partial picture of the pods
+            dirty, self._dirty = self._dirty, set()
+            for name in dirty:
+                running = self._passes.get(name)
+                if running is not None and not running.done():
+                    self._dirty.add(name)  # one pass per scale set at a time; run again after
+                    continue
+                self._passes[name] = asyncio.ensure_future(self._pass_safely(name))
+            if self._dirty:
+                await asyncio.sleep(0.01)
+                self._wake.set()
+
+    async def _pass_safely(self, name: str) -> None:
+        try:
+            demand = (await self.demand_store.demand([name]))[name]
+            await self.reconcile(self.scale_sets[name], demand)
+        except Exception:
+            log.exception("reconciling scale set %s failed", name)
+
+    # -- one pass --
+
+    def counts(self, scale_set: ScaleSet, busy: dict[str, str]) -> dict[str, int]:
+        counts = dict.fromkeys(STATES, 0)
+        for pod in self.cache.of(scale_set.name):
+            counts[self.state(pod, busy)] += 1
+        return counts
+
+    @staticmethod
+    def state(pod: RunnerPod, busy: dict[str, str]) -> str:
+        if pod.finishing:
+            return "finishing"
+        if not pod.running:
+            return "pending"
+        return "busy" if pod.name in busy else "idle"
+
+    async def reconcile(self, scale_set: ScaleSet, demand: Demand) -> int:
+        """One pass; returns how many runners it started creating (negative: retired)."""
+        team = self.teams[scale_set.team]
+        counts = self.counts(scale_set, demand.busy)
+        for state, count in counts.items():
+            self.metrics.runners.labels(scale_set.team, scale_set.pool, state).set(count)
+        alive = counts["pending"] + counts["idle"] + counts["busy"]
+        supply = alive + self.inflight[scale_set.name]
+        # min_idle keeps warm runners on the team's first pool, where bare
+        # [self-hosted, linux] jobs land (routing.py), not on every pool it may use.
+        idle_floor = team.min_idle if scale_set.pool == team.pools[0] else 0
+        desired = min(team.max_runners, counts["busy"] + len(demand.pending) + idle_floor)
+        self.metrics.desired_runners.labels(scale_set.name).set(desired)
+        self.metrics.actual_runners.labels(scale_set.name).set(supply)
+        if desired > supply:
+            if self.stopping or time.monotonic() < self.backoff_until.get(scale_set.name, 0.0):
+                return 0
+            room = min(desired - supply, self._team_room(team.name), self._pool_room(scale_set))
+            covered = max(0, supply - counts["busy"])  # oldest jobs already have a runner
+            since = [queued for _, queued in demand.pending[covered : covered + room]]
+            if room > 0:
+                log.info(
+                    "%s: creating %d runners (desired %d, supply %d, busy %d, queued %d)",
+                    scale_set.name,
+                    room,
+                    desired,
+                    supply,
+                    counts["busy"],
+                    len(demand.pending),
+                )
+            for index in range(max(0, room)):
+                self.inflight[scale_set.name] += 1
+                queued = since[index] if index < len(since) else None
+                self._spawn(self._create(scale_set, queued))
+            return max(0, room)
+        if desired < supply:
+            return -await self._retire_surplus(scale_set, supply - desired, demand.busy)
+        return 0
+
+    def _team_room(self, team_name: str) -> int:
+        team = self.teams[team_name]
+        used = 0
+        for scale_set in self.scale_sets.values():
+            if scale_set.team == team_name:
+                used += self.inflight[scale_set.name]
+                used += sum(1 for p in self.cache.of(scale_set.name) if not p.finishing)
+        return max(0, team.max_runners - used)
+
+    def _pool_room(self, scale_set: ScaleSet) -> int:
+        """How many more of this team's runners fit under the pool's limits (every team's
+        runners on the pool count, those being created too)."""
+        pool, team = self.pools[scale_set.pool], self.teams[scale_set.team]
+        cpu = memory = 0.0
+        gpus = 0
+        for other in self.scale_sets.values():
+            if other.pool != pool.name:
+                continue
+            other_team = self.teams[other.team]
+            pending = self.inflight[other.name]
+            cpu += pending * float(parse_quantity(other_team.resources.cpu))
+            memory += pending * float(parse_quantity(other_team.resources.memory))
+            gpus += pending * pool.gpus_per_runner
+            for pod in self.cache.of(other.name):
+                if not pod.finishing:
+                    cpu, memory, gpus = (
+                        cpu + pod.requests[0],
+                        memory + pod.requests[1],
+                        gpus + pod.requests[2],
+                    )
+        need_cpu = float(parse_quantity(team.resources.cpu))
+        need_memory = float(parse_quantity(team.resources.memory))
+        room = [
+            math.floor((pool.limits.cpu - cpu) / need_cpu) if need_cpu else 10**9,
+            math.floor((float(parse_quantity(pool.limits.memory)) - memory) / need_memory)
+            if need_memory
+            else 10**9,
+        ]
+        if pool.gpus_per_runner and pool.limits.gpu is not None:
+            room.append((pool.limits.gpu - gpus) // pool.gpus_per_runner)
+        return max(0, min(room))
+
+    # -- creating a runner --
+
+    async def _create(self, scale_set: ScaleSet, queued_at: float | None) -> None:
+        try:
+            async with self.writes:
+                if self.stopping:
+                    return
+                await self._create_runner(scale_set, queued_at)
+        except RateLimited as error:
+            self._back_off(scale_set, error.retry_after, str(error))
+        except (GitHubError, KubeError) as error:
+            self.metrics.jit_configs.labels(scale_set.instance, "error").inc()
+            self._back_off(scale_set, 2.0, str(error))
+        except Exception:
+            log.exception("creating a runner for %s failed", scale_set.name)
+            self._back_off(scale_set, 2.0, "unexpected error")
+        finally:
+            self.inflight[scale_set.name] -= 1
+            self.mark(scale_set.name)
+
+    def _back_off(self, scale_set: ScaleSet, seconds: float, reason: str) -> None:
+        until = time.monotonic() + seconds
+        if until > self.backoff_until.get(scale_set.name, 0.0):
+            self.backoff_until[scale_set.name] = until
+            log.warning("scale set %s backs off %.1fs: %s", scale_set.name, seconds, reason)
+
+    async def _jit(self, scale_set: ScaleSet) -> jit.JitRunner:
+        client = self.github[scale_set.instance]
+        for attempt in range(1, self.tuning.github_retries + 1):
+            try:
+                runner = await jit.generate(client, self.groups, scale_set)
+                self.metrics.jit_configs.labels(scale_set.instance, "created").inc()
+                return runner
+            except GitHubUnavailable:
+                self.metrics.jit_configs.labels(scale_set.instance, "unavailable").inc()
+                if attempt == self.tuning.github_retries:
+                    raise
+                await asyncio.sleep(self.tuning.github_backoff_seconds * 2 ** (attempt - 1))
+        raise AssertionError("unreachable")
+
+    async def _create_runner(self, scale_set: ScaleSet, queued_at: float | None) -> None:
+        runner = await self._jit(scale_set)
+        team = self.teams[scale_set.team]
+        namespace = team.namespace
+        self.inflight_names.add(runner.name)
+        try:
+            pod = runner_pod(self.spec, self.facts, scale_set, runner.name, runner.runner_id)
+            try:
+                created = await self.kube.create(namespace, "pods", pod)
+            except Conflict:  # a retried create whose first attempt got through
+                created = await self.kube.get(namespace, "pods", runner.name)
+            except KubeError:
+                await self._delete_registration(scale_set, runner.runner_id)
+                raise
+            record = lean(created)
+            if record is not None:
+                self.cache.put(record)
+            now = self.clock()
+            if queued_at is not None:
+                self.demand_since[runner.name] = queued_at
+                self.metrics.pod_created.labels(scale_set.team, scale_set.pool).observe(
+                    max(0.0, now - queued_at)
+                )
+            secret = jit_secret(scale_set, runner.name, runner.encoded_jit_config)
+            secret["metadata"]["ownerReferences"] = [secret_owner_reference(created)]
+            try:
+                await self.kube.create(namespace, "secrets", secret)
+            except Conflict:
+                pass  # created by an earlier attempt of this same request
+            except KubeError:
+                # Without its Secret the pod can never start: undo all of it now.
+                await self.kube.delete(
+                    namespace, "pods", runner.name, uid=created["metadata"]["uid"]
+                )
+                await self._delete_registration(scale_set, runner.runner_id)
+                raise
+        finally:
+            self.inflight_names.discard(runner.name)
+
+    # -- pods changing --
+
+    def _pod_changed(self, old: RunnerPod | None, new: RunnerPod | None) -> None:
+        pod = new or old
+        assert pod is not None
+        if pod.scale_set not in self.scale_sets:
+            return
+        if new is not None and new.running and (old is None or not old.running):
+            queued = self.demand_since.get(new.name)
+            if queued is not None:
+                scale_set = self.scale_sets[new.scale_set]
+                self.metrics.pod_start.labels(scale_set.team, scale_set.pool).observe(
+                    max(0.0, self.clock() - queued)
+                )
+        if new is not None and new.done and not new.deleting:
+            key = (new.namespace, new.name)
+            if key not in self.cleaning:
+                self.cleaning.add(key)
+                self._spawn(self.finish(new, "succeeded" if new.phase == "Succeeded" else "failed"))
+        if new is None:
+            self.demand_since.pop(pod.name, None)
+        self.mark(pod.scale_set)
+
+    async def finish(self, pod: RunnerPod, reason: str, *, registration: bool = True) -> None:
+        """A runner is done (or must go): pod, Secret and registration removed, recorded."""
+        scale_set = self.scale_sets[pod.scale_set]
+        try:
+            await asyncio.gather(
+                self.kube.delete(pod.namespace, "pods", pod.name, uid=pod.uid),
+                self.kube.delete(pod.namespace, "secrets", pod.name),
+            )
+            if pod.runner_id and registration:
+                await self._delete_registration(scale_set, pod.runner_id, check_first=True)
+            await self.demand_store.forget_busy(pod.scale_set, pod.name)
+            await self.audit.record(
+                AuditRecord(
+                    decision="runner-finished" if reason in ("succeeded", "failed") else "reaped",
+                    reason=f"{reason}: pod {pod.name} exit {pod.exit_code}",
+                    instance=scale_set.instance,
+                    org=scale_set.org,
+                    scale_set=scale_set.name,
+                    team=scale_set.team,
+                    action="cleanup",
+                )
+            )
+            if reason not in ("succeeded",):
+                self.metrics.reaped.labels(reason, "pod").inc()
+        except (KubeError, GitHubError) as error:
+            log.warning("cleaning up runner %s failed (%s); the reaper retries", pod.name, error)
+        finally:
+            self.cleaning.discard((pod.namespace, pod.name))
+
+    async def _delete_registration(
+        self, scale_set: ScaleSet, runner_id: int, *, check_first: bool = False
+    ) -> str:
+        """Remove a runner registration: "deleted", "gone" or "busy" (GitHub refuses to
+        delete a runner that is running a job: that runner is not retired)."""
+        client = self.github[scale_set.instance]
+        if check_first:  # a GET costs 1 point, a DELETE 5: most finished runners are gone
+            reply = await client.runner(scale_set.org, runner_id)
+            if reply.status == 404:
+                return "gone"
+            if reply.status == 200 and reply.body.get("busy"):
+                return "busy"
+        reply = await client.delete_runner(scale_set.org, runner_id)
+        if reply.status in (200, 204):
+            return "deleted"
+        if reply.status == 404:
+            return "gone"
+        if reply.status in (409, 422):
+            return "busy"
+        raise GitHubUnavailable(f"delete runner {runner_id}: GitHub answered {reply.status}")
+
+    # -- scaling down --
+
+    async def _retire_surplus(self, scale_set: ScaleSet, surplus: int, busy: dict[str, str]) -> int:
+        now = self.clock()
+        grace = self.tuning.idle_grace_seconds
+        candidates = [
+            pod
+            for pod in self.cache.of(scale_set.name)
+            if not pod.finishing
+            and pod.name not in busy
+            and (pod.namespace, pod.name) not in self.cleaning
+            and now - (pod.running_since or pod.created) >= grace
+        ]
+        # Pending pods first (no runner has come up there yet), then the longest idle.
+        candidates.sort(key=lambda p: (p.running, p.running_since or p.created))
+        retired = 0
+        for pod in candidates[:surplus]:
+            if await self.retire(pod, "surplus-idle"):
+                retired += 1
+        return retired
+
+    async def retire(self, pod: RunnerPod, reason: str) -> bool:
+        """Retire a runner that is not busy: registration first (GitHub refuses if a job
+        has just started on it, and then the pod is left alone), then pod and Secret."""
+        scale_set = self.scale_sets[pod.scale_set]
+        key = (pod.namespace, pod.name)
+        if key in self.cleaning:
+            return False
+        self.cleaning.add(key)
+        try:
+            if pod.runner_id:
+                outcome = await self._delete_registration(scale_set, pod.runner_id)
+                if outcome == "busy":
+                    self.cleaning.discard(key)
+                    return False
+        except GitHubError as error:
+            log.warning("could not retire %s: %s", pod.name, error)
+            self.cleaning.discard(key)
+            return False
+        await self.finish(pod, reason, registration=False)
+        return True

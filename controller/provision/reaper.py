@@ -1,0 +1,201 @@
+"""The reaper: on a schedule, remove what the event-driven path missed.
+
+Each pass looks for, and removes (each action audited and counted by reason):
+
+``pending-timeout``  runner pods Pending longer than ``pending_timeout`` (their node never
+                     came); their registration goes too
+``finished``         Succeeded/Failed pods the immediate clean-up could not remove
+``never-online``     pods running longer than ``startup_grace`` whose runner GitHub still
+                     shows offline (it never connected), unless busy
+``no-pod``           registrations of this platform's runners (a scale set's name prefix,
+                     the team's runner group) with no pod, seen so on two passes in a
+                     row (a runner being created right now has its pod a moment later)
+``orphan-secret``    JIT Secrets with no pod of their name, older than the start-up grace
+
+Nothing a busy runner uses is removed: a registration GitHub reports busy, or that
+GitHub refuses to delete because a job just started on it, keeps its pod.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from datetime import datetime
+from typing import Any
+
+from controller.audit import AuditRecord
+from controller.errors import GitHubError
+from controller.provision.kube import KubeError
+from controller.provision.pod import selector
+from controller.provision.provisioner import Provisioner
+
+log = logging.getLogger(__name__)
+
+
+class Reaper:
+    def __init__(
+        self,
+        provisioner: Provisioner,
+        *,
+        pending_timeout: float = 900.0,
+        startup_grace: float = 300.0,
+    ) -> None:
+        self.p = provisioner
+        self.pending_timeout = pending_timeout
+        self.startup_grace = startup_grace
+        self._suspects: set[tuple[str, str, int]] = set()  # (instance, org, runner id)
+
+    async def run(self, interval: float) -> None:
+        import asyncio
+
+        while True:
+            await asyncio.sleep(interval)
+            if not self.p.synced():
+                continue
+            try:
+                await self.reap_once()
+            except Exception:
+                log.exception("reaper pass failed; trying again next interval")
+
+    async def reap_once(self) -> dict[str, int]:
+        """One pass; returns how many objects it removed by reason."""
+        removed: dict[str, int] = {}
+        registrations = await self._registrations()
+        now = self.p.clock()
+        demand = await self.p.demand_store.demand(list(self.p.scale_sets))
+        for scale_set in self.p.scale_sets.values():
+            busy = demand[scale_set.name].busy
+            for pod in list(self.p.cache.of(scale_set.name)):
+                reason = None
+                if pod.done and not pod.deleting:
+                    reason = "finished"
+                elif pod.finishing:
+                    continue
+                elif not pod.running and now - pod.created > self.pending_timeout:
+                    reason = "pending-timeout"
+                elif pod.running and pod.name not in busy:
+                    runner = registrations.get((scale_set.instance, scale_set.org, pod.name))
+                    started = pod.running_since or pod.created
+                    offline = runner is None or (
+                        runner.get("status") != "online" and not runner.get("busy")
+                    )
+                    if now - started > self.startup_grace and offline:
+                        reason = "never-online"
+                if reason is None:
+                    continue
+                if reason == "finished":
+                    await self.p.finish(pod, "failed" if pod.phase == "Failed" else "succeeded")
+                    ok = True
+                else:
+                    ok = await self.p.retire(pod, reason)
+                if ok:
+                    removed[reason] = removed.get(reason, 0) + 1
+        removed["no-pod"] = await self._orphan_registrations(registrations)
+        removed["orphan-secret"] = await self._orphan_secrets(now)
+        return {k: v for k, v in removed.items() if v}
+
+    async def _registrations(self) -> dict[tuple[str, str, str], dict[str, Any]]:
+        """This platform's runner registrations, by (instance, org, runner name)."""
+        found: dict[tuple[str, str, str], dict[str, Any]] = {}
+        orgs = {(s.instance, s.org) for s in self.p.scale_sets.values()}
+        for instance, org in sorted(orgs):
+            client = self.p.github[instance]
+            page = 1
+            while True:
+                try:
+                    reply = await client.runners(org, page)
+                except GitHubError as error:
+                    log.warning("listing runners of %s failed: %s", org, error)
+                    break
+                if reply.status != 200:
+                    break
+                runners = reply.body.get("runners", [])
+                for runner in runners:
+                    found[(instance, org, str(runner.get("name", "")))] = runner
+                if len(runners) < 100:
+                    break
+                page += 1
+        return found
+
+    def _owner(self, instance: str, org: str, name: str) -> str | None:
+        """The scale set a runner name belongs to (name = ``<scale set>-<5 chars>``)."""
+        prefix, _, suffix = name.rpartition("-")
+        scale_set = self.p.scale_sets.get(prefix)
+        if scale_set is None or len(suffix) != 5:
+            return None
+        if scale_set.instance != instance or scale_set.org != org:
+            return None
+        return scale_set.name
+
+    async def _orphan_registrations(
+        self, registrations: dict[tuple[str, str, str], dict[str, Any]]
+    ) -> int:
+        removed = 0
+        suspects: set[tuple[str, str, int]] = set()
+        for (instance, org, name), runner in registrations.items():
+            owner = self._owner(instance, org, name)
+            if owner is None or runner.get("busy"):
+                continue
+            namespace = self.p.teams[self.p.scale_sets[owner].team].namespace
+            if self.p.cache.get(namespace, name) is not None or name in self.p.inflight_names:
+                continue
+            key = (instance, org, int(runner["id"]))
+            if key not in self._suspects:
+                suspects.add(key)  # first sighting: its pod may be being created
+                continue
+            client = self.p.github[instance]
+            try:
+                reply = await client.delete_runner(org, key[2])
+            except GitHubError as error:
+                log.warning("deleting orphan registration %s failed: %s", name, error)
+                suspects.add(key)
+                continue
+            if reply.status in (204, 404):
+                removed += 1
+                self.p.metrics.reaped.labels("no-pod", "registration").inc()
+                await self._audit(owner, "no-pod", f"registration {name} had no pod")
+        self._suspects = suspects
+        return removed
+
+    async def _orphan_secrets(self, now: float) -> int:
+        removed = 0
+        for namespace in self.p.namespaces:
+            try:
+                secrets, _ = await self.p.kube.list(namespace, "secrets", selector())
+            except KubeError as error:
+                log.warning("listing secrets in %s failed: %s", namespace, error)
+                continue
+            for secret in secrets:
+                meta = secret.get("metadata", {})
+                name = meta.get("name", "")
+                created = _epoch(meta.get("creationTimestamp"))
+                if self.p.cache.get(namespace, name) is not None or name in self.p.inflight_names:
+                    continue
+                if now - created < self.startup_grace:
+                    continue
+                if await self.p.kube.delete(namespace, "secrets", name, uid=meta.get("uid")):
+                    removed += 1
+                    self.p.metrics.reaped.labels("orphan-secret", "secret").inc()
+                    owner = (meta.get("labels") or {}).get("runner-platform.io/scale-set", "")
+                    await self._audit(owner, "orphan-secret", f"secret {namespace}/{name}")
+        return removed
+
+    async def _audit(self, scale_set_name: str, reason: str, what: str) -> None:
+        scale_set = self.p.scale_sets.get(scale_set_name)
+        await self.p.audit.record(
+            AuditRecord(
+                decision="reaped",
+                reason=f"{reason}: {what}",
+                instance=scale_set.instance if scale_set else "",
+                org=scale_set.org if scale_set else "",
+                scale_set=scale_set_name,
+                team=scale_set.team if scale_set else "",
+                action="reap",
+            )
+        )
+
+
+def _epoch(text: str | None) -> float:
+    if not text:
+        return time.time()
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()

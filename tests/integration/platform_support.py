@@ -1,0 +1,252 @@
+"""The whole platform on the local environment, for end-to-end tests and benchmarks.
+
+Real processes (``python -m controller serve|listen|provision``) against the real API
+server + scheduler + KWOK (nodes built per pool from the stack's own builders), Redis,
+the GitHub emulators (webhooks, teams, runner groups, JIT, runners) and the runner
+stand-in. The dev stack's spec; the emulators are set up to match it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import redis as redis_sync
+from kubernetes import client
+
+from components.controller_manifests import namespaces, service_accounts
+from components.node_pools import daemonset_pods, runner_priority_class
+from controller.model import PlatformSpec, RuntimeFacts
+from controller.provision.pod import selector
+from localenv.dry_run import Rejected, submit
+from localenv.github import GitHubEmulator
+from localenv.kube import ControlPlane
+from localenv.kube_objects import pool_node
+from localenv.process import free_port, wait_for
+from tests.conftest import ROOT
+from tests.integration.router_support import SECRETS
+
+ROLE_ARNS = {
+    team: f"arn:aws:iam::123456789012:role/github-runner-{team}-role"
+    for team in ("web", "ml", "infra")
+}
+MEMBERS = {"web": "alice", "ml": "rob", "infra": "sam"}
+
+
+@dataclass
+class Platform:
+    spec: PlatformSpec
+    plane: ControlPlane
+    redis_url: str
+    emulators: dict[str, GitHubEmulator]
+    workdir: Path
+    extra_env: dict[str, str] = field(default_factory=dict)
+    processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    port: int = 0
+    hooked: bool = False
+
+    # -- setting the world up --
+
+    def prepare(self, nodes_per_pool: dict[str, int] | None = None) -> Platform:
+        api = self.plane.api_client()
+        core = client.CoreV1Api(api)
+        objects = [*namespaces(self.spec), *service_accounts(self.spec, "arn:unused")]
+        for manifest in [runner_priority_class(), *objects]:
+            if manifest["kind"] == "ServiceAccount" and manifest["metadata"]["name"] != "runner":
+                continue
+            try:
+                submit(api, manifest, dry_run=False)
+            except Rejected as error:
+                if error.status != 409:  # already there from an earlier test
+                    raise
+        for pool in self.spec.pools:
+            for index in range((nodes_per_pool or {}).get(pool.name, 1)):
+                node = pool_node(self.spec, pool, f"{pool.name}-node-{index}")
+                try:
+                    core.create_node(node)
+                except client.ApiException as error:
+                    if error.status != 409:
+                        raise
+                    continue
+                # maxPods counts the pool's DaemonSet pods: occupy those slots as a real
+                # node's DaemonSets do, so only the runner share is left for runners.
+                for daemon in daemonset_pods(self.spec, pool):
+                    core.create_namespaced_pod("kube-system", _daemon_pod(daemon, node))
+        self._secrets()
+        self._github()
+        return self
+
+    def _secrets(self) -> None:
+        secrets = self.workdir / "secrets"
+        for instance in self.spec.github_instances:
+            key = self.emulators[instance.name].add_app(instance.apps[0].app_id)
+            for org, installation in instance.apps[0].installations.items():
+                self.emulators[instance.name].add_installation(
+                    instance.apps[0].app_id, org, installation_id=installation
+                )
+            ref = instance.apps[0].private_key
+            (secrets / ref.name).mkdir(parents=True, exist_ok=True)
+            (secrets / ref.name / ref.key).write_text(key)
+            hook = instance.webhook_secret
+            (secrets / hook.name).mkdir(parents=True, exist_ok=True)
+            (secrets / hook.name / hook.key).write_bytes(SECRETS[instance.name])
+        (self.workdir / "spec.json").write_text(self.spec.model_dump_json())
+        facts = RuntimeFacts(
+            team_role_arns=ROLE_ARNS,
+            vault_mounts={i.name: f"jwt-{i.name}" for i in self.spec.github_instances},
+            redis_endpoint="127.0.0.1",
+        )
+        (self.workdir / "runtime.json").write_text(facts.model_dump_json())
+
+    def _github(self) -> None:
+        for team in self.spec.teams:
+            world = self.emulators[team.instance].world
+            world.add_org(team.org)
+            if not any(g.name == team.runner_group for g in world.org_groups(team.org)):
+                world.add_runner_group(team.org, team.runner_group)
+            for slug in team.github_teams:
+                try:
+                    world.team(team.org, slug)
+                except LookupError:
+                    world.add_team(team.org, slug)
+            world.set_membership(team.org, team.github_teams[0], MEMBERS[team.name])
+
+    # -- the controller processes --
+
+    def env(self) -> dict[str, str]:
+        return {
+            **os.environ,
+            "RUNNER_PLATFORM_SPEC": str(self.workdir / "spec.json"),
+            "RUNNER_PLATFORM_RUNTIME": str(self.workdir / "runtime.json"),
+            "RUNNER_PLATFORM_SECRETS_DIR": str(self.workdir / "secrets"),
+            "RUNNER_PLATFORM_REDIS_URL": self.redis_url,
+            "RUNNER_PLATFORM_HOST": "127.0.0.1",
+            "RUNNER_PLATFORM_PORT": str(self.port),
+            "RUNNER_PLATFORM_KUBECONFIG": str(self.plane.kubeconfig),
+            "RUNNER_PLATFORM_GITHUB_API_URLS": ",".join(
+                f"{name}={emulator.api_url}" for name, emulator in self.emulators.items()
+            ),
+            "RUNNER_PLATFORM_PROVISION_METRICS_PORT": str(free_port()),
+            "RUNNER_PLATFORM_RESYNC": "2",
+            **self.extra_env,
+        }
+
+    def start(self, *commands: str) -> Platform:
+        if not self.port:
+            self.port = free_port()
+        for command in commands or ("serve", "listen", "provision"):
+            with (self.workdir / f"{command}.log").open("ab") as log:
+                self.processes[command] = subprocess.Popen(
+                    [sys.executable, "-m", "controller", command],
+                    env=self.env(),
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    cwd=ROOT,
+                    start_new_session=True,
+                )
+        if "serve" in self.processes and (not commands or "serve" in commands):
+            wait_for(self._ready, 30, "controller /readyz")
+            if not self.hooked:
+                for name, emulator in self.emulators.items():
+                    for org in self.spec.instance(name).orgs:
+                        emulator.world.add_hook(
+                            f"http://127.0.0.1:{self.port}/webhooks/github/{name}",
+                            SECRETS[name].decode(),
+                            org=org,
+                        )
+                self.hooked = True
+        return self
+
+    def _ready(self) -> bool:
+        try:
+            return httpx.get(f"http://127.0.0.1:{self.port}/readyz", timeout=1).status_code == 200
+        except httpx.TransportError:
+            return False
+
+    def kill(self, command: str, sig: int = signal.SIGKILL) -> int:
+        process = self.processes.pop(command)
+        os.killpg(process.pid, sig)
+        return process.wait(timeout=30)
+
+    def stop(self) -> None:
+        for command in list(self.processes):
+            self.kill(command, signal.SIGTERM)
+
+    def log(self, command: str) -> str:
+        return (self.workdir / f"{command}.log").read_text(errors="replace")[-4000:]
+
+    # -- observing --
+
+    def pods(self, scale_set: str | None = None) -> list[Any]:
+        core = client.CoreV1Api(self.plane.api_client())
+        items = core.list_pod_for_all_namespaces(label_selector=selector()).items
+        return [p for p in items if scale_set is None or _scale_set(p) == scale_set]
+
+    def live_pods(self, scale_set: str) -> list[Any]:
+        return [
+            p
+            for p in self.pods(scale_set)
+            if p.metadata.deletion_timestamp is None
+            and p.status.phase not in ("Succeeded", "Failed")
+        ]
+
+    def secrets(self, namespace: str) -> list[Any]:
+        core = client.CoreV1Api(self.plane.api_client())
+        return core.list_namespaced_secret(namespace, label_selector=selector()).items
+
+    def runners(self, instance: str, org: str) -> list[Any]:
+        return self.emulators[instance].world.org_runners(org)
+
+    def queue(self, team: str, labels: list[str], repo: str, sender: str | None = None) -> int:
+        spec_team = next(t for t in self.spec.teams if t.name == team)
+        emulator = self.emulators[spec_team.instance]
+        job = emulator.world.queue_job(
+            spec_team.org, repo, labels, sender or MEMBERS[team], name=f"job-{time.time_ns()}"
+        )
+        emulator.flush()
+        return job.id
+
+    def redis(self) -> redis_sync.Redis:
+        return redis_sync.Redis.from_url(self.redis_url)
+
+    def wait(self, predicate: Callable[[], Any], timeout: float, what: str) -> Any:
+        try:
+            return wait_for(predicate, timeout, what)
+        except Exception as error:
+            logs = "\n".join(f"--- {c}\n{self.log(c)}" for c in self.processes)
+            raise AssertionError(f"{error}\n{logs}") from None
+
+
+def _daemon_pod(daemon: str, node: dict[str, Any]) -> dict[str, Any]:
+    name = node["metadata"]["name"]
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": f"{daemon}-{name}"[:63], "labels": {"app": daemon}},
+        "spec": {
+            "nodeName": name,  # bound up front, as the DaemonSet controller does
+            "tolerations": [{"operator": "Exists"}],
+            "containers": [{"name": "main", "image": "registry.k8s.io/pause:3.10"}],
+        },
+    }
+
+
+def _scale_set(pod: Any) -> str:
+    return str((pod.metadata.labels or {}).get("runner-platform.io/scale-set", ""))
+
+
+def job_status(platform: Platform, instance: str, job_id: int) -> str:
+    return str(platform.emulators[instance].world.jobs[job_id].status)
+
+
+def dump(obj: Any) -> str:
+    return json.dumps(obj, default=str)[:2000]
