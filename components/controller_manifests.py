@@ -22,6 +22,7 @@ REDIS_SECRET = "runner-controller-redis"
 CONFIG_DIR = "/etc/runner-platform"
 SECRETS_DIR = "/var/run/secrets/runner-platform"
 WEBHOOK_PORT = 8080
+PROVISION_PORT = 9102  # the provisioner's /metrics
 HASH_ANNOTATION = "runner-platform.io/config-hash"
 METADATA_CIDRS = ("169.254.169.254/32", "169.254.170.23/32")  # IMDS, EKS Pod Identity
 SELECTOR = {"app.kubernetes.io/name": CONTROLLER_NAME}
@@ -113,12 +114,14 @@ def team_role(team: Team) -> Manifest:
             {
                 "apiGroups": [""],
                 "resources": ["pods"],
-                "verbs": ["create", "delete", "get", "list", "watch", "patch"],
+                # What controller/provision uses, nothing more: no update/patch of pods.
+                "verbs": ["create", "delete", "get", "list", "watch"],
             },
             {
                 "apiGroups": [""],
                 "resources": ["secrets"],
-                "verbs": ["create", "delete", "get", "list", "watch"],
+                # JIT Secrets are created with their owner reference and never read back.
+                "verbs": ["create", "delete", "list"],
             },
             {"apiGroups": [""], "resources": ["events"], "verbs": ["create", "patch"]},
         ],
@@ -274,6 +277,24 @@ def deployment(spec: PlatformSpec, hash_value: Any) -> Manifest:
                             "image": settings.image,
                             "args": ["listen"],
                             "env": env,
+                            "resources": resources,
+                            "securityContext": _CONTAINER_SECURITY,
+                            "volumeMounts": mounts,
+                        },
+                        {
+                            # The Pod Provisioner: every replica runs it, the holder of the
+                            # runner-provisioner Lease acts (controller/provision/leader.py).
+                            "name": "provisioner",
+                            "image": settings.image,
+                            "args": ["provision"],
+                            "ports": [{"name": "metrics", "containerPort": PROVISION_PORT}],
+                            "env": [
+                                *env,
+                                {
+                                    "name": "RUNNER_PLATFORM_PROVISION_METRICS_PORT",
+                                    "value": str(PROVISION_PORT),
+                                },
+                            ],
                             "resources": resources,
                             "securityContext": _CONTAINER_SECURITY,
                             "volumeMounts": mounts,

@@ -7,6 +7,7 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import socket
 import sys
 from datetime import datetime
@@ -110,7 +111,7 @@ async def _listen_forever(settings: Settings) -> None:
     await asyncio.gather(*(run(listener) for listener in listeners))
 
 
-async def _provision_forever(settings: Settings) -> None:
+async def _provision_forever(settings: Settings) -> int:
     import signal
 
     from prometheus_client import start_http_server
@@ -119,6 +120,7 @@ async def _provision_forever(settings: Settings) -> None:
     from controller.metrics import Metrics
     from controller.provision.demand import DemandStore
     from controller.provision.kube import KubeApi, KubeConfig
+    from controller.provision.leader import Leadership
     from controller.provision.provisioner import Provisioner, Tuning
     from controller.provision.reaper import Reaper
     from controller.wiring import (
@@ -141,6 +143,9 @@ async def _provision_forever(settings: Settings) -> None:
         concurrency=max(settings.write_concurrency * 2, 8),
         metrics=metrics,
     )
+    # The pod name, plus the pid so two processes on one host (tests) are two candidates.
+    identity = f"{socket.gethostname()}-{os.getpid()}"
+    leadership = Leadership(kube, spec.controller.namespace, identity)
     provisioner = Provisioner(
         spec,
         facts,
@@ -154,24 +159,37 @@ async def _provision_forever(settings: Settings) -> None:
             resync_seconds=settings.resync_seconds,
             idle_grace_seconds=settings.idle_grace_seconds,
         ),
+        may_act=lambda: leadership.held,
     )
     reaper = Reaper(
         provisioner,
         pending_timeout=settings.pending_timeout_seconds,
         startup_grace=settings.startup_grace_seconds,
     )
-    work = asyncio.gather(provisioner.run(), reaper.run(settings.reap_seconds))
     stopped = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stopped.set)
-    await stopped.wait()
+    # Only the Lease holder acts; the other replicas wait their turn.
+    acquiring = asyncio.ensure_future(leadership.acquire())
+    await asyncio.wait(
+        [acquiring, asyncio.ensure_future(stopped.wait())], return_when="FIRST_COMPLETED"
+    )
+    if not acquiring.done():
+        acquiring.cancel()
+        await kube.aclose()
+        return 0
+    work = asyncio.gather(provisioner.run(), reaper.run(settings.reap_seconds), leadership.keep())
+    lost = asyncio.ensure_future(leadership.lost.wait())
+    await asyncio.wait([asyncio.ensure_future(stopped.wait()), lost], return_when="FIRST_COMPLETED")
     # SIGTERM: stop creating, let creations under way finish, leave running jobs alone.
     logging.getLogger(__name__).info("stopping: no new runners; running jobs are left alone")
     await provisioner.stop()
     work.cancel()
     await asyncio.gather(work, return_exceptions=True)
+    await leadership.release()
     await kube.aclose()
+    return 1 if lost.done() and not stopped.is_set() else 0
 
 
 def _audit(args: argparse.Namespace, settings: Settings) -> int:
@@ -277,8 +295,7 @@ def main(argv: list[str] | None = None) -> int:
             asyncio.run(_listen_forever(settings))
             return 0
         if args.command == "provision":
-            asyncio.run(_provision_forever(settings))
-            return 0
+            return asyncio.run(_provision_forever(settings))
         return _audit(args, settings)
     except MissingSecret as error:
         print(f"controller: {error}", file=sys.stderr)

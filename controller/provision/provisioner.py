@@ -72,6 +72,7 @@ class Provisioner:
         metrics: Metrics,
         tuning: Tuning = Tuning(),
         clock: Callable[[], float] = time.time,
+        may_act: Callable[[], bool] = lambda: True,
     ) -> None:
         self.spec = spec
         self.facts = facts
@@ -82,6 +83,7 @@ class Provisioner:
         self.metrics = metrics
         self.tuning = tuning
         self.clock = clock
+        self.may_act = may_act  # the Lease is held: checked before each batch of writes
         self.scale_sets = {s.name: s for s in spec.scale_sets()}
         self.teams = {t.name: t for t in spec.teams}
         self.pools = {p.name: p for p in spec.pools}
@@ -94,6 +96,7 @@ class Provisioner:
         self.backoff_until: dict[str, float] = {}  # scale set -> monotonic time
         self.demand_since: dict[str, float] = {}  # pod name -> when its demand was queued
         self.cleaning: set[tuple[str, str]] = set()
+        self.surplus_since: dict[str, float] = {}  # scale set -> when its surplus began
         self._dirty: set[str] = set()
         self._wake = asyncio.Event()
         self._passes: dict[str, asyncio.Task[None]] = {}
@@ -203,9 +206,9 @@ class Provisioner:
     def state(pod: RunnerPod, busy: dict[str, str]) -> str:
         if pod.finishing:
             return "finishing"
-        if not pod.running:
-            return "pending"
-        return "busy" if pod.name in busy else "idle"
+        if pod.name in busy:  # GitHub said so: trust it over a watch event still on its way
+            return "busy"
+        return "idle" if pod.running else "pending"
 
     async def reconcile(self, scale_set: ScaleSet, demand: Demand) -> int:
         """One pass; returns how many runners it started creating (negative: retired)."""
@@ -221,6 +224,10 @@ class Provisioner:
         desired = min(team.max_runners, counts["busy"] + len(demand.pending) + idle_floor)
         self.metrics.desired_runners.labels(scale_set.name).set(desired)
         self.metrics.actual_runners.labels(scale_set.name).set(supply)
+        if not self.may_act():
+            return 0
+        if desired >= supply:
+            self.surplus_since.pop(scale_set.name, None)
         if desired > supply:
             if self.stopping or time.monotonic() < self.backoff_until.get(scale_set.name, 0.0):
                 return 0
@@ -243,7 +250,13 @@ class Provisioner:
                 self._spawn(self._create(scale_set, queued))
             return max(0, room)
         if desired < supply:
-            return -await self._retire_surplus(scale_set, supply - desired, demand.busy)
+            # Only a surplus that lasts the grace period is retired: demand that dips for a
+            # moment (a job starting while the next is queued) keeps its runners.
+            since = self.surplus_since.setdefault(scale_set.name, self.clock())
+            if self.clock() - since >= self.tuning.idle_grace_seconds:
+                return -await self._retire_surplus(scale_set, supply - desired, demand.busy)
+            return 0
+        self.surplus_since.pop(scale_set.name, None)
         return 0
 
     def _team_room(self, team_name: str) -> int:
@@ -293,7 +306,7 @@ class Provisioner:
     async def _create(self, scale_set: ScaleSet, queued_at: float | None) -> None:
         try:
             async with self.writes:
-                if self.stopping:
+                if self.stopping or not self.may_act():
                     return
                 await self._create_runner(scale_set, queued_at)
         except RateLimited as error:
@@ -381,7 +394,7 @@ class Provisioner:
                 self.metrics.pod_start.labels(scale_set.team, scale_set.pool).observe(
                     max(0.0, self.clock() - queued)
                 )
-        if new is not None and new.done and not new.deleting:
+        if new is not None and new.done and not new.deleting and self.may_act():
             key = (new.namespace, new.name)
             if key not in self.cleaning:
                 self.cleaning.add(key)

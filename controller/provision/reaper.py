@@ -50,7 +50,7 @@ class Reaper:
 
         while True:
             await asyncio.sleep(interval)
-            if not self.p.synced():
+            if not self.p.synced() or not self.p.may_act():
                 continue
             try:
                 await self.reap_once()

@@ -23,7 +23,7 @@ import httpx
 import redis as redis_sync
 from kubernetes import client
 
-from components.controller_manifests import namespaces, service_accounts
+from components.controller_manifests import CONTROLLER_NAME, namespaces, rbac, service_accounts
 from components.node_pools import daemonset_pods, runner_priority_class
 from controller.model import PlatformSpec, RuntimeFacts
 from controller.provision.pod import selector
@@ -53,16 +53,19 @@ class Platform:
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     port: int = 0
     hooked: bool = False
+    kubeconfig: Path | None = None
 
     # -- setting the world up --
 
     def prepare(self, nodes_per_pool: dict[str, int] | None = None) -> Platform:
         api = self.plane.api_client()
         core = client.CoreV1Api(api)
-        objects = [*namespaces(self.spec), *service_accounts(self.spec, "arn:unused")]
+        objects = [
+            *namespaces(self.spec),
+            *service_accounts(self.spec, "arn:unused"),
+            *rbac(self.spec),
+        ]
         for manifest in [runner_priority_class(), *objects]:
-            if manifest["kind"] == "ServiceAccount" and manifest["metadata"]["name"] != "runner":
-                continue
             try:
                 submit(api, manifest, dry_run=False)
             except Rejected as error:
@@ -83,7 +86,40 @@ class Platform:
                     core.create_namespaced_pod("kube-system", _daemon_pod(daemon, node))
         self._secrets()
         self._github()
+        self._controller_kubeconfig(core)
         return self
+
+    def _controller_kubeconfig(self, core: Any) -> None:
+        """A kubeconfig with the controller ServiceAccount's token: the processes run with
+        exactly the RBAC the stack grants (controller_manifests.rbac), not as admin."""
+        request = {
+            "apiVersion": "authentication.k8s.io/v1",
+            "kind": "TokenRequest",
+            "spec": {"expirationSeconds": 3600 * 4},
+        }
+        token = core.create_namespaced_service_account_token(
+            CONTROLLER_NAME, self.spec.controller.namespace, request
+        ).status.token
+        config = {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [
+                {
+                    "name": "local",
+                    "cluster": {
+                        "server": self.plane.server,
+                        "certificate-authority": str(self.plane.certs.ca_cert),
+                    },
+                }
+            ],
+            "users": [{"name": "controller", "user": {"token": token}}],
+            "contexts": [{"name": "local", "context": {"cluster": "local", "user": "controller"}}],
+            "current-context": "local",
+        }
+        path = self.workdir / "controller-kubeconfig"
+        path.write_text(json.dumps(config))
+        path.chmod(0o600)
+        self.kubeconfig = path
 
     def _secrets(self) -> None:
         secrets = self.workdir / "secrets"
@@ -131,7 +167,7 @@ class Platform:
             "RUNNER_PLATFORM_REDIS_URL": self.redis_url,
             "RUNNER_PLATFORM_HOST": "127.0.0.1",
             "RUNNER_PLATFORM_PORT": str(self.port),
-            "RUNNER_PLATFORM_KUBECONFIG": str(self.plane.kubeconfig),
+            "RUNNER_PLATFORM_KUBECONFIG": str(self.kubeconfig or self.plane.kubeconfig),
             "RUNNER_PLATFORM_GITHUB_API_URLS": ",".join(
                 f"{name}={emulator.api_url}" for name, emulator in self.emulators.items()
             ),
@@ -198,6 +234,21 @@ class Platform:
             if p.metadata.deletion_timestamp is None
             and p.status.phase not in ("Succeeded", "Failed")
         ]
+
+    def lease_holder(self, new: bool = False) -> str | None:
+        """The provisioner Lease's holder (with ``new``: only if it is the running process)."""
+        coordination = client.CoordinationV1Api(self.plane.api_client())
+        try:
+            lease = coordination.read_namespaced_lease(
+                "runner-provisioner", self.spec.controller.namespace
+            )
+        except client.ApiException:
+            return None
+        holder = str(lease.spec.holder_identity or "")
+        process = self.processes.get("provision")
+        if new and (process is None or not holder.endswith(f"-{process.pid}")):
+            return None
+        return holder or None
 
     def secrets(self, namespace: str) -> list[Any]:
         core = client.CoreV1Api(self.plane.api_client())

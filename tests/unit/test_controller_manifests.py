@@ -136,12 +136,13 @@ def test_namespaces_come_before_what_lives_in_them(dev_spec: PlatformSpec) -> No
             seen.add(obj["metadata"]["name"])
 
 
-def test_the_pod_runs_the_router_and_the_listeners(dev_spec: PlatformSpec) -> None:
+def test_the_pod_runs_the_router_the_listeners_and_the_provisioner(dev_spec: PlatformSpec) -> None:
     deployment = _find(_objects(dev_spec), "Deployment", "runner-controller", "runner-platform")
     containers = deployment["spec"]["template"]["spec"]["containers"]
     assert [(c["name"], c["args"]) for c in containers] == [
         ("controller", ["serve"]),
         ("listener", ["listen"]),
+        ("provisioner", ["provision"]),
     ]
     for container in containers:
         names = {e["name"] for e in container["env"]}
