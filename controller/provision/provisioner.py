@@ -233,7 +233,7 @@ class Provisioner:
                 return 0
             room = min(desired - supply, self._team_room(team.name), self._pool_room(scale_set))
             covered = max(0, supply - counts["busy"])  # oldest jobs already have a runner
-            since = [queued for _, queued in demand.pending[covered : covered + room]]
+            queued_at = [queued for _, queued in demand.pending[covered : covered + room]]
             if room > 0:
                 log.info(
                     "%s: creating %d runners (desired %d, supply %d, busy %d, queued %d)",
@@ -246,17 +246,16 @@ class Provisioner:
                 )
             for index in range(max(0, room)):
                 self.inflight[scale_set.name] += 1
-                queued = since[index] if index < len(since) else None
+                queued = queued_at[index] if index < len(queued_at) else None
                 self._spawn(self._create(scale_set, queued))
             return max(0, room)
         if desired < supply:
             # Only a surplus that lasts the grace period is retired: demand that dips for a
             # moment (a job starting while the next is queued) keeps its runners.
-            since = self.surplus_since.setdefault(scale_set.name, self.clock())
-            if self.clock() - since >= self.tuning.idle_grace_seconds:
+            began = self.surplus_since.setdefault(scale_set.name, self.clock())
+            if self.clock() - began >= self.tuning.idle_grace_seconds:
                 return -await self._retire_surplus(scale_set, supply - desired, demand.busy)
             return 0
-        self.surplus_since.pop(scale_set.name, None)
         return 0
 
     def _team_room(self, team_name: str) -> int:
