@@ -99,6 +99,17 @@ class PlatformSpec(Frozen):
                     )
                 elif len(f"{team.name}-{pool_name}") > 63:
                     problems.append(f"{where}.pools[{p_index}]: scale set name is too long")
+        owners: dict[str, str] = {}
+        for t_index, team in enumerate(self.teams):
+            for p_index, pool_name in enumerate(team.pools):
+                name = f"{team.name}-{pool_name}"
+                if name in owners:
+                    # Scale set names key Redis streams, runner names and pod labels.
+                    problems.append(
+                        f"teams[{t_index}].pools[{p_index}]: scale set name '{name}' is also "
+                        f"{owners[name]}; rename the team or the pool"
+                    )
+                owners.setdefault(name, f"team '{team.name}' on pool '{pool_name}'")
         for p_index, pool in enumerate(self.pools):
             if pool.owner is not None and pool.owner not in teams:
                 problems.append(f"pools[{p_index}].owner: unknown team '{pool.owner}'")

@@ -7,9 +7,12 @@ Each pass looks for, and removes (each action audited and counted by reason):
 ``finished``         Succeeded/Failed pods the immediate clean-up could not remove
 ``never-online``     pods running longer than ``startup_grace`` whose runner GitHub still
                      shows offline (it never connected), unless busy
-``no-pod``           registrations of this platform's runners (a scale set's name prefix,
-                     the team's runner group) with no pod, seen so on two passes in a
+``no-pod``           registrations of this platform's runners (a scale set's name prefix
+                     and the team's runner group id, both) with no pod, seen so on two passes in a
                      row (a runner being created right now has its pod a moment later)
+``idle-expired``     runners idle for the whole idle allowance of their pod's deadline
+                     (``activeDeadlineSeconds`` = job timeout + allowance): a job they
+                     took now could be cut short, so a fresh runner replaces them
 ``orphan-secret``    JIT Secrets with no pod of their name, older than the start-up grace
 
 Nothing a busy runner uses is removed: a registration GitHub reports busy, or that
@@ -26,7 +29,7 @@ from typing import Any
 from controller.audit import AuditRecord
 from controller.errors import GitHubError
 from controller.provision.kube import KubeError
-from controller.provision.pod import selector
+from controller.provision.pod import IDLE_ALLOWANCE_SECONDS, selector
 from controller.provision.provisioner import Provisioner
 
 log = logging.getLogger(__name__)
@@ -81,6 +84,10 @@ class Reaper:
                     )
                     if now - started > self.startup_grace and offline:
                         reason = "never-online"
+                    elif now - started > IDLE_ALLOWANCE_SECONDS:
+                        # The pod's deadline is job timeout + this allowance: a runner idle
+                        # longer could have a job cut short, so it makes way for a fresh one.
+                        reason = "idle-expired"
                 if reason is None:
                     continue
                 if reason == "finished":
@@ -139,6 +146,13 @@ class Reaper:
             namespace = self.p.teams[self.p.scale_sets[owner].team].namespace
             if self.p.cache.get(namespace, name) is not None or name in self.p.inflight_names:
                 continue
+            scale_set = self.p.scale_sets[owner]
+            try:
+                group = await self.p.groups.id(self.p.github[instance], org, scale_set.runner_group)
+            except GitHubError:
+                continue  # the group is unknown right now: never guess
+            if runner.get("runner_group_id") != group:
+                continue  # named like ours, but not in the team's group: not ours to remove
             key = (instance, org, int(runner["id"]))
             if key not in self._suspects:
                 suspects.add(key)  # first sighting: its pod may be being created

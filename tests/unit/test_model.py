@@ -320,3 +320,20 @@ def test_any_team_name_is_accepted_or_refused_by_path(name: str) -> None:
         assert any(p.startswith("teams[2].name: ") for p in error.problems), error.problems
     else:
         assert spec.teams[2].name == name
+
+
+def test_two_teams_on_two_pools_cannot_share_a_scale_set_name(
+    dev_document: dict[str, Any],
+) -> None:
+    # team web on pool nvme-x and team web-nvme on pool x are both "web-nvme-x": one stream,
+    # one runner-name prefix, one pod label for two teams. Refused.
+    highmem = next(p for p in dev_document["pools"] if p["name"] == "highmem")
+    dev_document["pools"] += [{**highmem, "name": "x"}, {**highmem, "name": "nvme-x"}]
+    dev_document["teams"][0]["pools"] = ["warm", "nvme", "nvme-x"]
+    dev_document["teams"][2].update(name="web-nvme", pools=["warm", "x"])
+    with pytest.raises(SpecError) as caught:
+        load_spec(dev_document)
+    assert caught.value.problems == [
+        "teams[2].pools[1]: scale set name 'web-nvme-x' is also team 'web' on pool 'nvme-x'; "
+        "rename the team or the pool"
+    ]
