@@ -3,7 +3,9 @@ them, and on request kube-scheduler, kube-controller-manager, KWOK (fake nodes w
 become Running) and Karpenter's KWOK provider (real node autoscaling decisions).
 
 The binaries come from ``localenv/build-k8s.sh`` (built from Go modules, cached outside
-the repository); :func:`k8s_bins` builds them when they are missing.
+the repository); :func:`k8s_bins` builds them when they are missing. :meth:`ControlPlane.stop`
+removes the work folder (certificates, etcd data, logs) unless ``keep``; see
+:mod:`localenv.workdir`.
 """
 
 from __future__ import annotations
@@ -11,7 +13,6 @@ from __future__ import annotations
 import json
 import ssl
 import subprocess
-import tempfile
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +22,7 @@ import yaml
 
 from localenv import certs
 from localenv.process import LocalEnvError, ManagedProcess, free_port
+from localenv.workdir import keep_requested, new_workdir, release
 
 ROOT = Path(__file__).resolve().parent.parent
 BUILD_SCRIPT = ROOT / "localenv" / "build-k8s.sh"
@@ -65,7 +67,8 @@ class ControlPlane:
     """etcd + kube-apiserver, plus whatever :meth:`start` is asked for."""
 
     bins: K8sBins
-    workdir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="localenv-k8s-")))
+    workdir: Path = field(default_factory=lambda: new_workdir("k8s"))
+    keep: bool = field(default_factory=keep_requested)
     processes: list[ManagedProcess] = field(default_factory=list)
     kubeconfig: Path = field(init=False)
     server: str = field(init=False)
@@ -104,8 +107,10 @@ class ControlPlane:
                 self._start_kwok(timeout)
             if karpenter:
                 self._start_karpenter(timeout)
-        except BaseException:
-            self.stop()
+        except BaseException as error:
+            saved = self.stop(failed=True)
+            if saved is not None:
+                error.add_note(f"logs saved in {saved}")
             raise
         return self
 
@@ -317,7 +322,10 @@ class ControlPlane:
             time.sleep(0.1)
         raise LocalEnvError(f"CRD {name} was not Established within {timeout:.0f}s")
 
-    def stop(self) -> None:
+    def stop(self, *, failed: bool = False) -> Path | None:
+        """Stop every component and release the work folder; returns where logs survive
+        (the kept folder, or the saved copy of the logs when ``failed``), else ``None``."""
         for process in reversed(self.processes):
             process.stop()
         self.processes.clear()
+        return release(self.workdir, keep=self.keep, failed=failed)

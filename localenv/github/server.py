@@ -12,6 +12,7 @@ import hashlib
 import json
 import re
 import secrets
+import sys
 import threading
 import time
 from collections import defaultdict
@@ -30,6 +31,7 @@ from localenv.github.state import Invalid, NotFound, World
 from localenv.github.webhooks import send
 
 GHES_VERSION = "3.17.0"
+MAX_EVENTS_WAIT = 30.0  # seconds a runner-events long poll may hold a server thread
 
 
 class HttpError(Exception):
@@ -76,7 +78,7 @@ class GitHubEmulator:
         self._id_token_requests: dict[str, dict[str, Any]] = {}
         self._routes: list[tuple[str, re.Pattern[str], str, Handler]] = []
         self._register_routes()
-        self._server = ThreadingHTTPServer(("127.0.0.1", port), self._handler_class())
+        self._server = _QuietServer(("127.0.0.1", port), self._handler_class())
         self._server.daemon_threads = True
         self.port = int(self._server.server_address[1])
         self.url = f"http://127.0.0.1:{self.port}"
@@ -101,6 +103,7 @@ class GitHubEmulator:
     def stop(self) -> None:
         self._stop.set()
         self._wake.set()
+        self.world.close()  # long-polls of runner events return now, not at their timeout
         self._server.shutdown()
         self._server.server_close()
 
@@ -484,7 +487,7 @@ class GitHubEmulator:
         if method == "GET" and path == "/_emulator/idtoken":
             return self._id_token(headers.get("Authorization", ""), query)
         if path.startswith("/_emulator/"):
-            return self._control(method, path.removeprefix("/_emulator/"), body)
+            return self._control(method, path.removeprefix("/_emulator/"), body, query)
         prefix = "" if self.kind == "cloud" else "/api/v3"
         if not path.startswith(prefix):
             raise HttpError(404, "Not Found")
@@ -539,7 +542,9 @@ class GitHubEmulator:
         )
         return Response(200, {"count": 1, "value": self.oidc.mint(claims)})
 
-    def _control(self, method: str, path: str, body: bytes) -> Response:
+    def _control(
+        self, method: str, path: str, body: bytes, query: dict[str, list[str]]
+    ) -> Response:
         data = json.loads(body) if body else {}
         world = self.world
         if method == "POST" and path == "oidc/token":
@@ -565,6 +570,13 @@ class GitHubEmulator:
             runner = world.start_runner(data["encoded_jit_config"])
             self._changed()
             return Response(200, runner.as_json())
+        if method == "GET" and path == "runners/events":
+            # A long poll: one request per batch of events instead of one per runner.
+            after = int(query.get("after", ["0"])[0])
+            wait = min(MAX_EVENTS_WAIT, max(0.0, float(query.get("wait", ["0"])[0])))
+            limit = min(5000, max(1, int(query.get("limit", ["1000"])[0])))
+            events = world.runner_events(after, wait, limit)
+            return Response(200, [event.as_json() for event in events])
         if method == "PUT" and path == "memberships":
             world.set_membership(
                 data["org"],
@@ -624,6 +636,14 @@ class GitHubEmulator:
                 pass  # quiet: tests read emulator.requests instead
 
         return RequestHandler
+
+
+class _QuietServer(ThreadingHTTPServer):
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A client that hung up (a long poll its owner stopped) is no emulator error.
+        if isinstance(sys.exc_info()[1], ConnectionError):
+            return
+        super().handle_error(request, client_address)
 
 
 def _iso(moment: float) -> str:

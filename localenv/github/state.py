@@ -99,6 +99,30 @@ class Runner:
         }
 
 
+@dataclass(frozen=True)
+class RunnerEvent:
+    """One thing a runner did; ``seq`` numbers them 1, 2, 3, … per instance."""
+
+    seq: int
+    runner_id: int
+    name: str
+    org: str
+    event: str  # online | job_started | job_completed
+    job_id: int | None = None
+    conclusion: str | None = None
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "seq": self.seq,
+            "runner_id": self.runner_id,
+            "name": self.name,
+            "org": self.org,
+            "event": self.event,
+            "job_id": self.job_id,
+            "conclusion": self.conclusion,
+        }
+
+
 @dataclass
 class Job:
     id: int
@@ -141,6 +165,13 @@ class World:
     hook_orgs: dict[int, str] = field(default_factory=dict)  # org hooks; absent: app hook
     deliveries: list[Delivery] = field(default_factory=list)
     outbox: list[tuple[Hook, Delivery]] = field(default_factory=list)
+    events: list[RunnerEvent] = field(default_factory=list)
+    closed: bool = False
+    # Shares ``lock``, so events are recorded and waited for under the world's one lock.
+    events_changed: threading.Condition = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.events_changed = threading.Condition(self.lock)
 
     def next_id(self) -> int:
         return next(self.ids)
@@ -281,6 +312,7 @@ class World:
                 raise Invalid("JIT config does not match its runner")
             runner.status = "online"
             runner.jit_secret = ""
+            self._record(runner, "online")
             self._assign()
             return runner
 
@@ -330,16 +362,24 @@ class World:
         )
 
     def _assign(self) -> None:
-        for job in sorted(self.jobs.values(), key=lambda j: j.id):
-            if job.status != "queued":
-                continue
-            runner = next((r for r in self.runners.values() if self._matches(r, job)), None)
+        # Only idle online runners can take a job: with a thousand runners registered and
+        # a thousand jobs queued, scanning every pair on every change would be quadratic.
+        idle = [r for r in self.runners.values() if r.status == "online" and not r.busy]
+        if not idle:
+            return
+        queued = sorted((j for j in self.jobs.values() if j.status == "queued"), key=lambda j: j.id)
+        for job in queued:
+            runner = next((r for r in idle if self._matches(r, job)), None)
             if runner is None:
                 continue
+            idle.remove(runner)
             runner.busy, runner.job_id = True, job.id
             job.runner, job.group = runner, self.groups[runner.group_id]
             job.status, job.started_at = "in_progress", time.time()
+            self._record(runner, "job_started", job)
             self._emit(job, "in_progress")
+            if not idle:
+                return
 
     def complete_job(self, job_id: int, conclusion: str = "success") -> Job:
         with self.lock:
@@ -351,6 +391,7 @@ class World:
             job.status, job.conclusion, job.completed_at = "completed", conclusion, time.time()
             self._emit(job, "completed")
             if job.runner is not None:
+                self._record(job.runner, "job_completed", job)
                 job.runner.busy, job.runner.job_id = False, None
                 if job.runner.ephemeral:  # an ephemeral runner is gone after its job
                     self.runners.pop(job.runner.id, None)
@@ -384,6 +425,37 @@ class World:
             "runner_group_id": job.group.id if job.group else None,
             "runner_group_name": job.group.name if job.group else None,
         }
+
+    # -- runner events --
+
+    def _record(self, runner: Runner, event: str, job: Job | None = None) -> None:
+        """Append to the event log; called with ``lock`` held."""
+        self.events.append(
+            RunnerEvent(
+                len(self.events) + 1,
+                runner.id,
+                runner.name,
+                runner.org,
+                event,
+                job.id if job else None,
+                job.conclusion if job else None,
+            )
+        )
+        self.events_changed.notify_all()
+
+    def runner_events(
+        self, after: int = 0, wait: float = 0.0, limit: int = 1000
+    ) -> list[RunnerEvent]:
+        """Events with ``seq > after``, oldest first; waits up to ``wait`` seconds for one."""
+        with self.events_changed:
+            self.events_changed.wait_for(lambda: self.closed or len(self.events) > after, wait)
+            return self.events[max(0, after) : max(0, after) + limit]
+
+    def close(self) -> None:
+        """Wake every waiting :meth:`runner_events` call: the server is going away."""
+        with self.events_changed:
+            self.closed = True
+            self.events_changed.notify_all()
 
     # -- webhooks --
 

@@ -13,9 +13,9 @@ import redis.asyncio as aioredis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from controller.ingest import signatures
 from controller.audit import AUDIT_STREAM
 from controller.errors import SignatureError
+from controller.ingest import signatures
 from controller.ingest.app import WebhookApp
 from controller.streams import decode_entry, queue_key
 from localenv.asgi_server import ThreadedServer
