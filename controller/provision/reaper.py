@@ -42,10 +42,12 @@ class Reaper:
         *,
         pending_timeout: float = 900.0,
         startup_grace: float = 300.0,
+        idle_allowance: float = IDLE_ALLOWANCE_SECONDS,
     ) -> None:
         self.p = provisioner
         self.pending_timeout = pending_timeout
         self.startup_grace = startup_grace
+        self.idle_allowance = idle_allowance
         self._suspects: set[tuple[str, str, int]] = set()  # (instance, org, runner id)
 
     async def run(self, interval: float) -> None:
@@ -84,7 +86,7 @@ class Reaper:
                     )
                     if now - started > self.startup_grace and offline:
                         reason = "never-online"
-                    elif now - started > IDLE_ALLOWANCE_SECONDS:
+                    elif now - started > self.idle_allowance:
                         # The pod's deadline is job timeout + this allowance: a runner idle
                         # longer could have a job cut short, so it makes way for a fresh one.
                         reason = "idle-expired"

@@ -156,6 +156,24 @@ class Platform:
                     world.add_team(team.org, slug)
             world.set_membership(team.org, team.github_teams[0], MEMBERS[team.name])
 
+    def cleanup(self) -> None:
+        """Leave no runner behind for the next module: the cluster and the emulators are
+        shared by the whole session. Queued and running jobs are cancelled first."""
+        for team in self.spec.teams:
+            world = self.emulators[team.instance].world
+            for job in list(world.jobs.values()):
+                if job.org == team.org and job.status != "completed":
+                    world.complete_job(job.id, "cancelled")
+            for runner in world.org_runners(team.org):
+                world.runners.pop(runner.id, None)
+        core = client.CoreV1Api(self.plane.api_client())
+        for team in self.spec.teams:
+            core.delete_collection_namespaced_pod(
+                team.namespace, label_selector=selector(), grace_period_seconds=0
+            )
+            core.delete_collection_namespaced_secret(team.namespace, label_selector=selector())
+        wait_for(lambda: not self.pods(), 60, "runner pods deleted")
+
     # -- the controller processes --
 
     def env(self) -> dict[str, str]:

@@ -42,9 +42,11 @@ def platform(
         workdir,
         extra_env={"RUNNER_PLATFORM_IDLE_GRACE": "1"},
     ).prepare()
+    platform.cleanup()
     platform.start()
     yield platform
     platform.stop()
+    platform.cleanup()
 
 
 def _idle_web(platform: Platform) -> list[str]:
