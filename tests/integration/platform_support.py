@@ -121,6 +121,21 @@ class Platform:
         path.chmod(0o600)
         self.kubeconfig = path
 
+    def kubeconfig_via(self, server: str) -> Path:
+        """The controller's kubeconfig (same token) with another server, e.g. a
+        ``localenv.fault_proxy`` in front of the API server; pass it to the processes as
+        ``extra_env["RUNNER_PLATFORM_KUBECONFIG"]``. Plain http needs no CA."""
+        assert self.kubeconfig is not None, "prepare() first"
+        config = json.loads(self.kubeconfig.read_text())
+        cluster = config["clusters"][0]["cluster"]
+        cluster["server"] = server
+        if server.startswith("http://"):
+            cluster.pop("certificate-authority", None)
+        path = self.workdir / f"controller-kubeconfig-{abs(hash(server)) % 10**8}"
+        path.write_text(json.dumps(config))
+        path.chmod(0o600)
+        return path
+
     def _secrets(self) -> None:
         secrets = self.workdir / "secrets"
         for instance in self.spec.github_instances:
@@ -194,12 +209,15 @@ class Platform:
             **self.extra_env,
         }
 
-    def start(self, *commands: str) -> Platform:
+    def start(self, *commands: str, name: str | None = None) -> Platform:
+        """Start ``commands`` (default: all three); ``name`` keys a second process of one
+        command (a standby replica)."""
         if not self.port:
             self.port = free_port()
         for command in commands or ("serve", "listen", "provision"):
-            with (self.workdir / f"{command}.log").open("ab") as log:
-                self.processes[command] = subprocess.Popen(
+            key = name or command
+            with (self.workdir / f"{key}.log").open("ab") as log:
+                self.processes[key] = subprocess.Popen(
                     [sys.executable, "-m", "controller", command],
                     env=self.env(),
                     stdout=log,
@@ -253,8 +271,8 @@ class Platform:
             and p.status.phase not in ("Succeeded", "Failed")
         ]
 
-    def lease_holder(self, new: bool = False) -> str | None:
-        """The provisioner Lease's holder (with ``new``: only if it is the running process)."""
+    def lease_holder(self, new: bool = False, process: str = "provision") -> str | None:
+        """The provisioner Lease's holder (with ``new``: only if it is ``process``)."""
         coordination = client.CoordinationV1Api(self.plane.api_client())
         try:
             lease = coordination.read_namespaced_lease(
@@ -263,8 +281,8 @@ class Platform:
         except client.ApiException:
             return None
         holder = str(lease.spec.holder_identity or "")
-        process = self.processes.get("provision")
-        if new and (process is None or not holder.endswith(f"-{process.pid}")):
+        running = self.processes.get(process)
+        if new and (running is None or not holder.endswith(f"-{running.pid}")):
             return None
         return holder or None
 

@@ -4,6 +4,7 @@ webhooks, teams, runner groups, JIT configs) and the runner stand-in."""
 
 from __future__ import annotations
 
+import signal
 import threading
 import time
 from collections.abc import Iterator
@@ -221,6 +222,51 @@ def test_a_burst_beyond_a_nodes_cap_never_puts_more_than_the_cap_on_a_node(
     bound = [p for p in platform.live_pods("web-nvme") if p.spec.node_name]
     assert len(bound) == pool.max_runners_per_node  # the node is full ...
     assert max(peak.values()) == pool.max_runners_per_node  # ... and was never over
-    for job in jobs:
-        if job_status(platform, "cloud", job) == "in_progress":
-            platform.emulators["cloud"].world.complete_job(job, "success")
+    for job in jobs:  # done or cancelled: demand drops to zero and the runners go
+        if job_status(platform, "cloud", job) != "completed":
+            platform.emulators["cloud"].world.complete_job(job, "cancelled")
+    platform.emulators["cloud"].flush()
+    platform.wait(lambda: platform.live_pods("web-nvme") == [], 90, "the burst's runners gone")
+
+
+def test_sigterm_stops_creating_and_leaves_running_jobs_alone(platform: Platform) -> None:
+    job = platform.queue("web", ["self-hosted", "nvme"], "acme-corp/storefront")
+    platform.wait(lambda: job_status(platform, "cloud", job) == "in_progress", 60, "job started")
+    runner = platform.emulators["cloud"].world.jobs[job].runner
+    assert runner is not None
+    assert platform.kill("provision", signal.SIGTERM) == 0  # a clean exit
+    assert "running jobs are left alone" in platform.log("provision")
+    queued = platform.queue("web", ["self-hosted", "nvme"], "acme-corp/storefront")
+    time.sleep(4)
+    live = [p.metadata.name for p in platform.live_pods("web-nvme")]
+    assert live == [runner.name]  # the busy runner runs on; nobody created one for `queued`
+    assert job_status(platform, "cloud", job) == "in_progress"
+    assert platform.lease_holder() is None  # released on the way out: a peer takes over now
+    platform.start("provision")
+    platform.wait(
+        lambda: job_status(platform, "cloud", queued) == "in_progress", 60, "served again"
+    )
+    for done in (job, queued):
+        platform.emulators["cloud"].world.complete_job(done, "success")
+
+
+def test_of_two_provisioners_one_acts_and_the_other_takes_over_when_it_dies(
+    platform: Platform,
+) -> None:
+    platform.wait(lambda: platform.lease_holder(new=True), 40, "the first provisioner leads")
+    platform.start("provision", name="standby")
+    job = platform.queue("web", ["self-hosted", "nvme"], "acme-corp/storefront")
+    platform.wait(lambda: job_status(platform, "cloud", job) == "in_progress", 60, "job started")
+    assert "creating" not in platform.log("standby")  # the standby never acted
+    assert platform.lease_holder(new=True)  # still the first one
+    platform.emulators["cloud"].world.complete_job(job, "success")
+    # The leader dies without a word; the standby takes the Lease once it expires.
+    platform.kill("provision")
+    holder = platform.wait(
+        lambda: platform.lease_holder(new=True, process="standby"), 40, "the standby leads"
+    )
+    assert holder.endswith(str(platform.processes["standby"].pid))
+    job = platform.queue("web", ["self-hosted", "nvme"], "acme-corp/storefront")
+    platform.wait(lambda: job_status(platform, "cloud", job) == "in_progress", 60, "job started")
+    assert "creating" in platform.log("standby")
+    platform.emulators["cloud"].world.complete_job(job, "success")
