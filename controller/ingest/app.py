@@ -45,6 +45,12 @@ _HEADERS = frozenset(
 InvalidateMembership = Callable[[str, str, str], Awaitable[None]]
 
 
+# Events GitHub sends to an App or org hook that are worth telling apart in the metrics.
+COUNTED_EVENTS = frozenset(
+    {"workflow_job", "ping", "installation", "installation_repositories", "membership", "team"}
+)
+
+
 class WebhookApp:
     def __init__(
         self,
@@ -170,7 +176,9 @@ class WebhookApp:
         await _reply(send, status, body)
 
     def _counted(self, instance: str, event: str, decision: str) -> None:
-        key = (instance, event[:40] or "none", decision)
+        # The event header is whatever a sender wrote, signed or not: as a label value it
+        # would let anyone grow /metrics and this dict without bound. Known names only.
+        key = (instance, event if event in COUNTED_EVENTS else "other", decision)
         child = self._counters.get(key)
         if child is None:  # labels() costs a lock and a lookup; keep each child once
             child = self._counters[key] = self.metrics.deliveries.labels(*key)

@@ -102,15 +102,20 @@ class Listener:
             return  # not acknowledged: claimed again after retry_after_ms
         if verdict.decision == "allowed":
             await self.redis.xadd(ready_key(self.scale_set.name), fields)
-        elif self.cancel_denied and self.client is not None:
-            await self._cancel(job)
+        elif self.cancel_denied and self.client is not None and not await self._cancel(job):
+            # Left queued, the denied job would take the next idle runner of the team's
+            # group: not acknowledged, so the cancel is tried again after retry_after_ms.
+            return
         await self.redis.xack(self.stream, GROUP, entry_id)
 
-    async def _cancel(self, job: dict[str, Any]) -> None:
+    async def _cancel(self, job: dict[str, Any]) -> bool:
         assert self.client is not None
         try:
-            await self.client.cancel_run(job["org"], job["repo"], int(job["run_id"]))
+            reply = await self.client.cancel_run(job["org"], job["repo"], int(job["run_id"]))
         except GitHubError as error:
             log.warning(
                 "could not cancel run %s of denied job %s: %s", job["run_id"], job["job_id"], error
             )
+            return False
+        # 202 accepted; 404/409 when the run is gone or finished: nothing left to cancel.
+        return reply.status in (202, 404, 409)

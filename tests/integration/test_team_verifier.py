@@ -357,6 +357,45 @@ def test_listener_holds_jobs_while_github_is_down_and_retries(world: World) -> N
     assert decisions == ["held", "allowed"]
 
 
+def test_a_denied_job_whose_cancel_fails_is_not_acknowledged_until_cancelled(
+    world: World,
+) -> None:
+    # Left queued, a denied job would be handed to the next idle runner of the team's group.
+    sync = redis_sync.Redis.from_url(world.redis_url)
+    _enqueue(sync, "ml-gpu", "mallory", 4, run_id=444)
+    job = world.emulator.world.queue_job(ORG, "research/models", ["gpu"], "mallory", run_id=444)
+    world.emulator.fail("cancel", 502, times=1)
+
+    async def scenario() -> int:
+        redis = aioredis.Redis.from_url(world.redis_url)
+        client = world.client()
+        verifier = TeamVerifier(world.spec, redis, {"ghes": client}, clock=world.emulator.now)
+        listener = Listener(
+            world.scale_set,
+            redis,
+            verifier,
+            AuditLog(redis),
+            consumer="t",
+            client=client,
+            cancel_denied=True,
+            retry_after_ms=0,
+        )
+        await listener.ensure_group()
+        await listener.process_once()
+        pending = int(sync.xpending(queue_key("ml-gpu"), GROUP)["pending"])
+        await listener.process_once()  # claimed again: the cancel goes through this time
+        await client.aclose()
+        await redis.aclose()
+        return pending
+
+    try:
+        assert run(scenario()) == 1
+    finally:
+        world.emulator.clear_faults()
+    assert job.conclusion == "cancelled"
+    assert sync.xpending(queue_key("ml-gpu"), GROUP)["pending"] == 0
+
+
 def test_membership_webhooks_invalidate_the_cache(world: World) -> None:
     async def scenario() -> list[str]:
         verifier = world.verifier()

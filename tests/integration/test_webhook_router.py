@@ -371,3 +371,22 @@ def test_redis_down_is_a_503_then_recovery() -> None:
     finally:
         server.stop()
         own.stop()
+
+
+def test_event_names_from_senders_never_become_new_metric_series(http: httpx.Client) -> None:
+    for index in range(200):  # unsigned, each with a new event name: all refused
+        response = http.post(
+            "/webhooks/github/cloud",
+            content=b"{}",
+            headers={"X-GitHub-Event": f"made-up-{index}", "X-GitHub-Delivery": f"d-{index}"},
+        )
+        assert response.status_code == 401
+    metrics = http.get("/metrics").text
+    assert "made-up-" not in metrics
+    series = [
+        line
+        for line in metrics.splitlines()
+        if line.startswith("runner_platform_webhook_deliveries_total{")
+    ]
+    assert any('event="other"' in line for line in series)
+    assert len(series) < 20
