@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
+from components import container_manifests
 from components.k8s_objects import Manifest
 from controller.model import RUNNER_SERVICE_ACCOUNT, PlatformSpec, Team
 
@@ -47,7 +48,9 @@ def namespaces(spec: PlatformSpec) -> list[Manifest]:
         ),
     }
     # Runner images run as their own non-root user but need a writable root filesystem:
-    # "baseline" is the strictest profile stock runner images pass.
+    # "baseline" is the strictest profile stock runner images pass. Teams with a buildkit
+    # or dind mode need more (container_manifests.pod_security_level); their namespaces
+    # still warn and audit at "baseline", and the platform's admission policy applies.
     team_ns = [
         {
             "apiVersion": "v1",
@@ -55,7 +58,11 @@ def namespaces(spec: PlatformSpec) -> list[Manifest]:
             "metadata": _meta(
                 team.namespace,
                 labels={
-                    "pod-security.kubernetes.io/enforce": "baseline",
+                    "pod-security.kubernetes.io/enforce": container_manifests.pod_security_level(
+                        team
+                    ),
+                    "pod-security.kubernetes.io/warn": "baseline",
+                    "pod-security.kubernetes.io/audit": "baseline",
                     "runner-platform.io/team": team.name,
                 },
             ),
@@ -120,10 +127,11 @@ def team_role(team: Team) -> Manifest:
             {
                 "apiGroups": [""],
                 "resources": ["secrets"],
-                # JIT Secrets are created with their owner reference and never read back.
+                # JIT Secrets are created with their owner reference, never fetched one by
+                # one; the reaper lists them to find orphans (RBAC has no metadata-only
+                # list: a list returns Secret data, which is why this is per namespace).
                 "verbs": ["create", "delete", "list"],
             },
-            {"apiGroups": [""], "resources": ["events"], "verbs": ["create", "patch"]},
         ],
     }
 
@@ -137,23 +145,15 @@ def rbac(spec: PlatformSpec) -> list[Manifest]:
             "metadata": _meta(CONTROLLER_NAME, ns),
             "rules": [
                 {
+                    # The provisioner's Lease (controller/provision/leader.py): read it,
+                    # create it once, renew or take it over. Nothing else, nothing wider.
                     "apiGroups": ["coordination.k8s.io"],
                     "resources": ["leases"],
-                    "verbs": ["get", "list", "watch", "create", "update", "patch"],
+                    "verbs": ["get", "create", "update"],
                 },
-                {"apiGroups": [""], "resources": ["events"], "verbs": ["create", "patch"]},
             ],
         },
         _binding("Role", CONTROLLER_NAME, ns, spec),
-        {
-            "apiVersion": "rbac.authorization.k8s.io/v1",
-            "kind": "ClusterRole",
-            "metadata": _meta(f"{CONTROLLER_NAME}-nodes"),
-            "rules": [
-                {"apiGroups": [""], "resources": ["nodes"], "verbs": ["get", "list", "watch"]}
-            ],
-        },
-        _binding("ClusterRole", f"{CONTROLLER_NAME}-nodes", None, spec),
     ]
     for team in spec.teams:
         objects += [team_role(team), _binding("Role", CONTROLLER_NAME, team.namespace, spec)]
@@ -452,6 +452,7 @@ def controller_objects(
         *namespaces(spec),
         *service_accounts(spec, controller_role_arn),
         *rbac(spec),
+        *container_manifests.container_objects(spec),
         config_map(spec, spec_json, runtime_json),
         deployment(spec, hash_value),
         pdb(spec),

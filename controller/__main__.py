@@ -11,9 +11,11 @@ import os
 import socket
 import sys
 from datetime import datetime
+from typing import Any
 
 from controller import logs
 from controller.settings import MissingSecret, Settings
+from controller.version import VERSION
 
 
 def _serve(settings: Settings) -> int:
@@ -108,7 +110,19 @@ async def _listen_forever(settings: Settings) -> None:
                 logging.getLogger(__name__).exception("listener %s", listener.scale_set.name)
                 await asyncio.sleep(1)
 
-    await asyncio.gather(*(run(listener) for listener in listeners))
+    # As PID 1 of its container the process has no default SIGTERM action: without a
+    # handler the kubelet would wait out the grace period and kill it.
+    import signal
+
+    stopped = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stopped.set)
+    work = asyncio.gather(*(run(listener) for listener in listeners))
+    waiters: list[asyncio.Future[Any]] = [work, asyncio.ensure_future(stopped.wait())]
+    await asyncio.wait(waiters, return_when="FIRST_COMPLETED")
+    work.cancel()
+    await asyncio.gather(work, return_exceptions=True)
 
 
 async def _provision_forever(settings: Settings) -> int:
@@ -149,7 +163,12 @@ async def _provision_forever(settings: Settings) -> int:
     provisioner = Provisioner(
         spec,
         facts,
-        DemandStore(redis, [s.name for s in spec.scale_sets()], socket.gethostname()),
+        DemandStore(
+            redis,
+            [s.name for s in spec.scale_sets()],
+            socket.gethostname(),
+            {s.name: s.team for s in spec.scale_sets()},
+        ),
         kube,
         github_clients(spec, settings, metrics),
         AuditLog(redis, settings.audit_max_records),
@@ -181,7 +200,16 @@ async def _provision_forever(settings: Settings) -> int:
         return 0
     work = asyncio.gather(provisioner.run(), reaper.run(settings.reap_seconds), leadership.keep())
     lost = asyncio.ensure_future(leadership.lost.wait())
-    await asyncio.wait([asyncio.ensure_future(stopped.wait()), lost], return_when="FIRST_COMPLETED")
+    interrupted = asyncio.ensure_future(stopped.wait())
+    # A loop that died (a bug, a watch that cannot recover) must not leave a replica that
+    # renews its Lease and does nothing: it ends the process, and a peer takes over.
+    waits: list[asyncio.Future[Any]] = [interrupted, lost, work]
+    await asyncio.wait(waits, return_when="FIRST_COMPLETED")
+    failed = work.done() and not work.cancelled() and work.exception() is not None
+    if failed:
+        logging.getLogger(__name__).error(
+            "a provisioner loop ended: %s", type(work.exception()).__name__
+        )
     # SIGTERM: stop creating, let creations under way finish, leave running jobs alone.
     logging.getLogger(__name__).info("stopping: no new runners; running jobs are left alone")
     await provisioner.stop()
@@ -189,7 +217,7 @@ async def _provision_forever(settings: Settings) -> int:
     await asyncio.gather(work, return_exceptions=True)
     await leadership.release()
     await kube.aclose()
-    return 1 if lost.done() and not stopped.is_set() else 0
+    return 1 if failed or (lost.done() and not stopped.is_set()) else 0
 
 
 def _audit(args: argparse.Namespace, settings: Settings) -> int:
@@ -259,6 +287,7 @@ def _access_matrix(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="runner-controller")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {VERSION}")
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("serve", help="the webhook router (ASGI on RUNNER_PLATFORM_PORT)")
     commands.add_parser("listen", help="verify queued jobs of every scale set")

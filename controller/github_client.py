@@ -266,6 +266,15 @@ class GitHubClient:
             endpoint="runner_groups",
         )
 
+    async def runner_group_repositories(self, org: str, group_id: int, page: int = 1) -> Reply:
+        """``{total_count, repositories: [{full_name, ...}]}``: who may use a 'selected' group."""
+        return await self.request(
+            "GET",
+            f"/orgs/{org}/actions/runner-groups/{group_id}/repositories?per_page=100&page={page}",
+            org=org,
+            endpoint="runner_group_repositories",
+        )
+
     async def runners(self, org: str, page: int = 1) -> Reply:
         """``{total_count, runners: [{id, name, status, busy, runner_group_id, ...}]}``."""
         return await self.request(

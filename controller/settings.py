@@ -74,11 +74,12 @@ class Settings:
     rate limits (GHES default) (RUNNER_PLATFORM_GITHUB_POINTS)."""
     kubeconfig_path: Path | None = None
     """Kubeconfig of the cluster; unset: the pod's service account (…_KUBECONFIG)."""
-    kube_qps: int = 100
-    """Kubernetes requests per second, sustained (RUNNER_PLATFORM_KUBE_QPS)."""
-    kube_burst: int = 200
+    kube_qps: int = 300
+    """Kubernetes requests per second, sustained (RUNNER_PLATFORM_KUBE_QPS). Each runner
+    is two writes (Pod, Secret) and only the Lease holder writes; 429s are retried."""
+    kube_burst: int = 600
     """Kubernetes requests allowed at once above the QPS (RUNNER_PLATFORM_KUBE_BURST)."""
-    write_concurrency: int = 32
+    write_concurrency: int = 16
     """Runners being created at once: JIT call, pod, Secret (RUNNER_PLATFORM_WRITES)."""
     resync_seconds: int = 5
     """Every scale set is reconciled at least this often (RUNNER_PLATFORM_RESYNC)."""

@@ -20,6 +20,8 @@ from controller.model.cluster import (
     ObservabilitySettings,
     VaultSettings,
 )
+from controller.model.containers import HOOK_MODES, HOOK_PODS_PER_RUNNER
+from controller.model.images import image_problems
 from controller.model.instances import GitHubInstance
 from controller.model.pools import Pool
 from controller.model.teams import Team
@@ -99,6 +101,40 @@ class PlatformSpec(Frozen):
                     )
                 elif len(f"{team.name}-{pool_name}") > 63:
                     problems.append(f"{where}.pools[{p_index}]: scale set name is too long")
+                elif team.mode_on(pool_name) == "dind" and not (
+                    pool.kind == "isolated" and pool.owner == team.name
+                ):
+                    # A privileged Docker daemon owns its node: only a pool no other team
+                    # lands on may have one.
+                    key = (
+                        f"container_modes.{pool_name}"
+                        if pool_name in team.container_modes
+                        else "container_mode"
+                    )
+                    problems.append(
+                        f"{where}.{key}: 'dind' runs a privileged Docker daemon and is only "
+                        f"for an isolated pool the team owns; pool '{pool_name}' is a "
+                        f"{pool.kind} pool other teams can land on (use 'buildkit' to build "
+                        "images without privilege)"
+                    )
+        for t_index, team in enumerate(self.teams):
+            for pool_name in team.container_modes:
+                if pool_name not in team.pools:
+                    problems.append(
+                        f"teams[{t_index}].container_modes.{pool_name}: '{pool_name}' is not one "
+                        "of the team's pools"
+                    )
+        groups: dict[tuple[str, str, str], str] = {}
+        for t_index, team in enumerate(self.teams):
+            group = (team.instance, team.org.lower(), team.runner_group.lower())
+            if group in groups:
+                # GitHub hands a job to any idle runner of a group whose labels match: a
+                # shared group would let one team's jobs take the other's runners.
+                problems.append(
+                    f"teams[{t_index}].runner_group: '{team.runner_group}' is also team "
+                    f"'{groups[group]}''s runner group in {team.org}; each team needs its own"
+                )
+            groups.setdefault(group, team.name)
         owners: dict[str, str] = {}
         for t_index, team in enumerate(self.teams):
             for p_index, pool_name in enumerate(team.pools):
@@ -116,6 +152,14 @@ class PlatformSpec(Frozen):
             elif not any(pool.name in team.pools for team in self.teams):
                 problems.append(f"pools[{p_index}]: pool '{pool.name}' is used by no team")
         problems.extend(self._repository_overlaps())
+        if problems:
+            raise ValueError("\n".join(problems))
+        return self
+
+    @model_validator(mode="after")
+    def _pinned_images(self) -> PlatformSpec:
+        """No ':latest'; digests beyond dev (controller) and in production (runners)."""
+        problems = image_problems(self)
         if problems:
             raise ValueError("\n".join(problems))
         return self
@@ -153,6 +197,12 @@ class PlatformSpec(Frozen):
 
     def teams_on_pool(self, pool_name: str) -> tuple[Team, ...]:
         return tuple(t for t in self.teams if pool_name in t.pools)
+
+    def pods_per_runner(self, pool_name: str) -> int:
+        """Pod slots a runner may need on a node of ``pool_name``: one, or with container
+        hooks on the pool also its job pod and a container-step pod (they share its node)."""
+        hooks = any(t.mode_on(pool_name) in HOOK_MODES for t in self.teams_on_pool(pool_name))
+        return HOOK_PODS_PER_RUNNER if hooks else 1
 
     def scale_sets(self) -> tuple[ScaleSet, ...]:
         arch_label = {"amd64": "X64", "arm64": "ARM64"}

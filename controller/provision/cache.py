@@ -117,7 +117,12 @@ Listener = Callable[[RunnerPod | None, RunnerPod | None], None]
 class PodCache:
     """Runner pods by (namespace, name) and by scale set; tells a listener of each change."""
 
-    def __init__(self, on_change: Listener | None = None) -> None:
+    def __init__(
+        self,
+        on_change: Listener | None = None,
+        accept: Callable[[RunnerPod], bool] | None = None,
+    ) -> None:
+        self.accept = accept  # which records are runners at all (e.g. in the right namespace)
         self.pods: dict[tuple[str, str], RunnerPod] = {}
         self.by_scale_set: dict[str, dict[str, RunnerPod]] = {}
         self.on_change = on_change
@@ -133,6 +138,8 @@ class PodCache:
         return self.pods.get((namespace, name))
 
     def put(self, pod: RunnerPod) -> None:
+        if self.accept is not None and not self.accept(pod):
+            return
         key = (pod.namespace, pod.name)
         old = self.pods.get(key)
         if old is not None and old.uid != pod.uid and pod.uid:
@@ -156,8 +163,9 @@ class PodCache:
 
     def apply(self, namespace: str, kind: str, obj: dict[str, Any]) -> None:
         """One watch event (``SYNC`` replaces everything known in ``namespace``)."""
-        if kind == "SYNC":
-            fresh = {p.name: p for p in map(lean, obj["items"]) if p is not None}
+        if kind == "SYNC":  # items: Pods, or records already (KubeApi.watch's transform)
+            records = (i if isinstance(i, RunnerPod) else lean(i) for i in obj["items"])
+            fresh = {p.name: p for p in records if p is not None}
             for key in [k for k in self.pods if k[0] == namespace and k[1] not in fresh]:
                 self.remove(*key)
             for pod in fresh.values():

@@ -95,14 +95,21 @@ class Applied:
 
 @dataclass(frozen=True)
 class Demand:
-    pending: list[tuple[str, float]]  # (job id, queued at), oldest first
+    queued: int  # jobs queued and not started (their times: DemandStore.queued_times)
     busy: dict[str, str]  # runner name -> job id
 
 
 class DemandStore:
-    def __init__(self, redis: aioredis.Redis, scale_sets: Iterable[str], consumer: str) -> None:
+    def __init__(
+        self,
+        redis: aioredis.Redis,
+        scale_sets: Iterable[str],
+        consumer: str,
+        teams: dict[str, str] | None = None,
+    ) -> None:
         self.redis = redis
         self.scale_sets = list(scale_sets)
+        self.teams = teams or {}  # scale set -> team: which runner names a team may own
         self.consumer = consumer
         self._ready = redis.register_script(_APPLY_READY)
         self._event = redis.register_script(_APPLY_EVENT)
@@ -180,8 +187,9 @@ class DemandStore:
         action = job.get("action", "")
         if action not in ("in_progress", "completed"):  # e.g. waiting: no change of demand
             return False
+        runner_set = self.runner_scale_set(scale_set, job.get("runner_name", ""))
         await self._event(
-            keys=[pending_key(scale_set), started_key(scale_set), busy_key(scale_set), stream],
+            keys=[pending_key(scale_set), started_key(scale_set), busy_key(runner_set), stream],
             args=[
                 job["job_id"],
                 action,
@@ -195,18 +203,44 @@ class DemandStore:
         )
         return True
 
+    def runner_scale_set(self, scale_set: str, runner_name: str) -> str:
+        """The scale set whose runner took a job. A job is routed by its labels (a bare
+        ``[self-hosted, linux]`` to the team's first pool), but any of the team's idle
+        runners whose labels cover it may take it: busy is counted where the runner is.
+        Runner names are ``<scale set>-<5 chars>``; only the same team's scale sets count."""
+        prefix = runner_name.rpartition("-")[0]
+        team = self.teams.get(scale_set)
+        if prefix in self.teams and team is not None and self.teams[prefix] == team:
+            return prefix
+        return scale_set
+
     async def demand(self, scale_sets: list[str]) -> dict[str, Demand]:
+        # A count, not the queued jobs themselves: a pass runs after every change, and
+        # reading thousands of queued jobs each time was most of a pass (bench/provision.py).
         async with self.redis.pipeline(transaction=False) as pipe:
             for name in scale_sets:
-                pipe.zrange(pending_key(name), 0, -1, withscores=True)
+                pipe.zcard(pending_key(name))
                 pipe.hgetall(busy_key(name))
             replies = await pipe.execute()
         result = {}
         for index, name in enumerate(scale_sets):
-            pending = [(_text(job), float(score)) for job, score in replies[2 * index]]
             busy = {_text(k): _text(v) for k, v in replies[2 * index + 1].items()}
-            result[name] = Demand(pending, busy)
+            result[name] = Demand(int(replies[2 * index]), busy)
         return result
+
+    async def queued_times(self, scale_set: str, start: int, count: int) -> list[float]:
+        """When the queued jobs ranked ``start`` to ``start + count - 1`` (oldest first)
+        were queued. For latency metrics only: a failed read is an empty list."""
+        if count <= 0:
+            return []
+        try:
+            reply: Any = await self.redis.zrange(
+                pending_key(scale_set), start, start + count - 1, withscores=True
+            )
+        except aioredis.RedisError as error:
+            log.warning("reading when %s's jobs were queued failed: %s", scale_set, error)
+            return []
+        return [float(score) for _, score in reply]
 
     async def forget_busy(self, scale_set: str, runner_name: str) -> None:
         """The runner's pod is gone: it is busy no more (if ``completed`` was lost)."""

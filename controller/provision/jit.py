@@ -15,7 +15,8 @@ import asyncio
 import secrets
 import string
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 from controller.errors import GitHubError, GitHubUnavailable
 from controller.github_client import GitHubClient
@@ -39,7 +40,56 @@ def runner_name(scale_set: ScaleSet) -> str:
 class RunnerGroups:
     def __init__(self) -> None:
         self._ids: dict[tuple[str, str, str], tuple[int | None, float]] = {}
+        self._visibility: dict[int, str] = {}
+        self._access: dict[int, tuple[str | None, float]] = {}  # group -> (problem, when)
         self._locks: dict[tuple[str, str], asyncio.Lock] = {}
+
+    async def checked_id(
+        self, client: GitHubClient, scale_set: ScaleSet, claims: Callable[[str], bool]
+    ) -> int:
+        """The team's runner group id, once GitHub confirms that only the team's
+        repositories may use the group. GitHub hands a queued job to any idle runner of a
+        group the job's repository may use: a group open to the whole org would let any
+        repository's job take the team's runners, pools and identity."""
+        group_id = await self.id(client, scale_set.org, scale_set.runner_group)
+        cached = self._access.get(group_id)
+        if cached is None or time.monotonic() - cached[1] >= GROUP_TTL_SECONDS:
+            cached = (await self._problem(client, scale_set, group_id, claims), time.monotonic())
+            self._access[group_id] = cached
+        if cached[0] is not None:
+            raise JitError(cached[0])
+        return group_id
+
+    async def _problem(
+        self,
+        client: GitHubClient,
+        scale_set: ScaleSet,
+        group_id: int,
+        claims: Callable[[str], bool],
+    ) -> str | None:
+        where = f"runner group '{scale_set.runner_group}' in {scale_set.org}"
+        visibility = self._visibility.get(group_id, "all")
+        if visibility != "selected":
+            return (
+                f"{where} is visible to {visibility} repositories; set it to the team's "
+                "selected repositories (no runner is started until then)"
+            )
+        page = 1
+        while True:
+            reply = await client.runner_group_repositories(scale_set.org, group_id, page)
+            if reply.status != 200:
+                raise GitHubUnavailable(f"{where}: repositories answered {reply.status}")
+            repositories = reply.body.get("repositories", [])
+            for repository in repositories:
+                name = str(repository.get("full_name", ""))
+                if not claims(name):
+                    return (
+                        f"{where} is open to {name}, which is not one of team "
+                        f"'{scale_set.team}''s repositories (no runner is started until then)"
+                    )
+            if len(repositories) < 100:
+                return None
+            page += 1
 
     async def id(self, client: GitHubClient, org: str, name: str) -> int:
         key = (client.instance.name, org, name)
@@ -70,6 +120,7 @@ class RunnerGroups:
                 raise GitHubUnavailable(f"runner groups of {org}: GitHub answered {reply.status}")
             groups = reply.body.get("runner_groups", [])
             found.update({g["name"]: int(g["id"]) for g in groups})
+            self._visibility.update({int(g["id"]): str(g.get("visibility", "all")) for g in groups})
             if len(groups) < 100:
                 break
             page += 1
@@ -85,13 +136,18 @@ class RunnerGroups:
 class JitRunner:
     name: str
     runner_id: int
-    encoded_jit_config: str
+    encoded_jit_config: str = field(repr=False)  # a credential: never in a log line
 
 
 async def generate(
-    client: GitHubClient, groups: RunnerGroups, scale_set: ScaleSet, name: str | None = None
+    client: GitHubClient,
+    groups: RunnerGroups,
+    scale_set: ScaleSet,
+    claims: Callable[[str], bool],
+    name: str | None = None,
 ) -> JitRunner:
-    group_id = await groups.id(client, scale_set.org, scale_set.runner_group)
+    """A JIT runner for ``scale_set``; ``claims`` says whether a repository is the team's."""
+    group_id = await groups.checked_id(client, scale_set, claims)
     for attempt in (1, 2):
         name = name if attempt == 1 and name else runner_name(scale_set)
         reply = await client.generate_jitconfig(

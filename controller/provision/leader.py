@@ -5,8 +5,10 @@ Every replica runs ``provision``; only the holder of the ``runner-provisioner`` 
 two would both see the same demand and each create runners for it. The holder renews every
 ``renew_seconds``; a holder that cannot renew before its own deadline (``duration`` minus a
 margin, measured on its own clock) stops acting before another replica may take over, and
-the others take an expired Lease. The Lease's optimistic concurrency (resourceVersion)
-decides races between candidates. Per-scale-set leases spread over replicas build on this.
+the others take a Lease whose record has not changed for its duration on their own
+clock (client-go's rule: no comparison of two machines' clocks). The Lease's optimistic
+concurrency (resourceVersion) decides races between candidates. Per-scale-set leases
+spread over replicas build on this.
 """
 
 from __future__ import annotations
@@ -25,12 +27,6 @@ LEASE_NAME = "runner-provisioner"
 
 def _now_micro() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-def _epoch(text: str | None) -> float:
-    if not text:
-        return 0.0
-    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
 
 
 class Leadership:
@@ -53,6 +49,7 @@ class Leadership:
         self.renew_seconds = renew_seconds
         self.valid_until = 0.0  # monotonic: act only before this
         self.lost = asyncio.Event()
+        self._observed: tuple[str, float] = ("", 0.0)  # (resourceVersion, when first seen)
 
     @property
     def held(self) -> bool:
@@ -75,9 +72,16 @@ class Leadership:
             return False
         spec = (lease or {}).get("spec", {})
         holder = spec.get("holderIdentity")
-        renewed = _epoch(spec.get("renewTime"))
-        expired = time.time() > renewed + float(spec.get("leaseDurationSeconds", self.duration))
+        # client-go's rule: a Lease has expired when its record has not changed for its
+        # duration *on this replica's clock*. Comparing the holder's renewTime with our
+        # wall clock would let clock skew make two holders.
+        version = str((lease or {}).get("metadata", {}).get("resourceVersion", ""))
+        if version != self._observed[0]:
+            self._observed = (version, started)
+        duration = float(spec.get("leaseDurationSeconds", self.duration))
+        expired = started - self._observed[1] > duration
         if lease is not None and holder not in (None, "", self.identity) and not expired:
+            self.valid_until = 0.0  # someone else holds it: stop acting at once
             return False
         body: dict[str, Any] = {
             "apiVersion": "coordination.k8s.io/v1",

@@ -15,7 +15,24 @@ from __future__ import annotations
 
 from typing import Any
 
-from controller.model import POOL_LABEL, PlatformSpec, Pool, RuntimeFacts, ScaleSet, Team
+from controller.model import (
+    BUILDKIT_PORT,
+    CONTAINER_MODE_LABEL,
+    HOOK_MODES,
+    HOOKS_CONFIG_MAP,
+    HOOKS_DIR,
+    HOOKS_ENTRY_KEY,
+    POOL_LABEL,
+    RUNNER_SUBDOMAIN,
+    STOCK_HOOKS,
+    PlatformSpec,
+    Pool,
+    RuntimeFacts,
+    ScaleSet,
+    Team,
+    ToolCache,
+    job_template_key,
+)
 from controller.model.base import RUNNER_PRIORITY_CLASS, RUNNER_SERVICE_ACCOUNT
 
 RUNNER_APP = "github-runner"
@@ -33,6 +50,21 @@ JIT_ENV = "ACTIONS_RUNNER_INPUT_JITCONFIG"
 RUNNER_CONTAINER = "runner"
 RUNNER_COMMAND = ["/home/runner/run.sh"]
 WORK_DIR = "/home/runner/_work"
+WORK_VOLUME = "work"
+HOOKS_VOLUME = "hooks"
+TOOL_CACHE_VOLUME = "tool-cache"
+POD_UID_ENV = "RUNNER_PLATFORM_POD_UID"
+SLOT_LABEL = "runner-platform.io/slot"
+HOSTNAME_LABEL = "kubernetes.io/hostname"
+READ_ONLY_MODE = 0o444
+BUILDKIT_CONTAINER = "buildkitd"
+BUILDKIT_UID = 1000  # the moby/buildkit rootless image's user
+DIND_CONTAINER = "dind"
+DIND_SOCKET_VOLUME = "dind-sock"
+DIND_SOCKET_DIR = "/var/run"
+DIND_EXTERNALS = "dind-externals"
+EXTERNALS_DIR = "/home/runner/externals"
+DOCKER_HOST = "unix:///var/run/docker.sock"
 GPU_RESOURCE = "nvidia.com/gpu"
 # The actions-runner image's `runner` user and group.
 RUNNER_UID = 1001
@@ -116,8 +148,9 @@ def _resources(team: Team, pool: Pool) -> dict[str, dict[str, str]]:
     # compressible: without a limit a runner may use idle cores instead of being
     # throttled by CFS quota, and the request still guarantees each runner its share.
     limits = {"memory": wanted.memory, "ephemeral-storage": wanted.ephemeral_storage}
-    if pool.gpus_per_runner:
+    if pool.gpus_per_runner and team.mode_on(pool.name) not in HOOK_MODES:
         # Extended resources cannot be overcommitted: request and limit must be equal.
+        # With container hooks the job pod asks for the GPUs: the job runs there.
         requests[GPU_RESOURCE] = limits[GPU_RESOURCE] = str(pool.gpus_per_runner)
     return {"requests": requests, "limits": limits}
 
@@ -159,15 +192,77 @@ def _env(
 def runner_pod(
     spec: PlatformSpec, facts: RuntimeFacts, scale_set: ScaleSet, name: str, runner_id: int
 ) -> dict[str, Any]:
-    """One single-use runner: its JIT config comes from the Secret named ``name``."""
+    """One single-use runner: its JIT config comes from the Secret named ``name``.
+
+    The team's container mode on the pool adds to it (docs/containers.md): ``kubernetes``
+    the container hooks, an API token for them and a work volume its job pods share;
+    ``buildkit`` also a rootless buildkitd; ``dind`` a privileged Docker daemon (isolated
+    pools only: the model refuses it elsewhere); ``none`` nothing.
+    """
     team, pool = _team_and_pool(spec, scale_set)
+    mode = team.mode_on(pool.name)
+    hooks = mode in HOOK_MODES
+    labels = {**runner_labels(scale_set), CONTAINER_MODE_LABEL: mode}
+    pod_spec: dict[str, Any] = {
+        "restartPolicy": "Never",
+        "activeDeadlineSeconds": team.job_timeout_minutes * 60 + IDLE_ALLOWANCE_SECONDS,
+        "terminationGracePeriodSeconds": TERMINATION_GRACE_SECONDS,
+        "serviceAccountName": RUNNER_SERVICE_ACCOUNT,
+        # Job code is untrusted: it gets no Kubernetes API token. The container hooks
+        # need one to start job pods; then job code runs in those pods (which get none),
+        # not beside the runner, unless the team turned require_job_container off.
+        "automountServiceAccountToken": hooks,
+        # Service links would put every Service of the namespace into the job's env.
+        "enableServiceLinks": False,
+        "priorityClassName": RUNNER_PRIORITY_CLASS,
+        "nodeSelector": {POOL_LABEL: pool.name},
+        "tolerations": _tolerations(pool),
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": RUNNER_UID,
+            "runAsGroup": RUNNER_UID,
+            "fsGroup": RUNNER_UID,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "containers": [_runner_container(spec, facts, scale_set, team, pool, name)],
+        "volumes": [_work_volume(team, pool, labels=runner_labels(scale_set))],
+    }
+    if spec.pods_per_runner(pool.name) > 1:
+        # kubelet maxPods leaves room for each runner's job and step pods; the runner cap
+        # itself is then one runner per slot per node (docs/adr/0006-container-modes.md).
+        slot = str(runner_id % pool.max_runners_per_node)
+        labels[SLOT_LABEL] = slot
+        pod_spec["affinity"] = _one_runner_per_slot(pool, slot)
+    if mode == "buildkit":
+        # Job pods reach the runner's buildkitd at <pod>.runners:1234 (a headless Service).
+        pod_spec["hostname"] = name
+        pod_spec["subdomain"] = RUNNER_SUBDOMAIN
+        pod_spec["containers"].append(_buildkit_container(team))
+    if hooks:
+        pod_spec["volumes"].append(
+            {
+                "name": HOOKS_VOLUME,
+                "configMap": {"name": HOOKS_CONFIG_MAP, "defaultMode": READ_ONLY_MODE},
+            }
+        )
+    if mode == "dind":
+        pod_spec["initContainers"] = [_copy_externals(team)]
+        pod_spec["containers"].append(_dind_container(team))
+        pod_spec["volumes"] += [
+            {"name": name_, "emptyDir": {}} for name_ in (DIND_SOCKET_VOLUME, DIND_EXTERNALS)
+        ]
+    if pool.tool_cache is not None:
+        pod_spec.setdefault("initContainers", []).append(_copy_tool_cache(pool.tool_cache))
+        pod_spec["volumes"].append(
+            {"name": TOOL_CACHE_VOLUME, "emptyDir": {"sizeLimit": pool.tool_cache.size}}
+        )
     return {
         "apiVersion": "v1",
         "kind": "Pod",
         "metadata": {
             "name": name,
             "namespace": team.namespace,
-            "labels": runner_labels(scale_set),
+            "labels": labels,
             "annotations": {
                 # A busy runner's node must not be consolidated away under its job
                 # (expiry and spot interruption still apply).
@@ -175,60 +270,224 @@ def runner_pod(
                 RUNNER_ID_ANNOTATION: str(runner_id),
             },
         },
-        "spec": {
-            "restartPolicy": "Never",
-            "activeDeadlineSeconds": team.job_timeout_minutes * 60 + IDLE_ALLOWANCE_SECONDS,
-            "terminationGracePeriodSeconds": TERMINATION_GRACE_SECONDS,
-            "serviceAccountName": RUNNER_SERVICE_ACCOUNT,
-            # Job code is untrusted: it gets no Kubernetes API token.
-            "automountServiceAccountToken": False,
-            # Service links would put every Service of the namespace into the job's env.
-            "enableServiceLinks": False,
-            "priorityClassName": RUNNER_PRIORITY_CLASS,
-            "nodeSelector": {POOL_LABEL: pool.name},
-            "tolerations": _tolerations(pool),
-            "securityContext": {
-                "runAsNonRoot": True,
-                "runAsUser": RUNNER_UID,
-                "runAsGroup": RUNNER_UID,
-                "fsGroup": RUNNER_UID,
-                "seccompProfile": {"type": "RuntimeDefault"},
-            },
-            "containers": [
-                {
-                    "name": RUNNER_CONTAINER,
-                    "image": team.runner_image,
-                    # The pre-pull DaemonSet puts the image on warm nodes; use it even
-                    # for a moving tag rather than pulling again at every runner.
-                    "imagePullPolicy": "IfNotPresent",
-                    "command": RUNNER_COMMAND,
-                    "env": _env(spec, facts, scale_set, team, name),
-                    "resources": _resources(team, pool),
-                    "securityContext": {
-                        # The image gives `runner` passwordless sudo; no_new_privs makes
-                        # it inert.
-                        "allowPrivilegeEscalation": False,
-                        "privileged": False,
-                        "capabilities": {"drop": ["ALL"]},
-                        # The runner writes its JIT-decoded config (.runner, .credentials)
-                        # and _diag beside its binaries in /home/runner, and job steps
-                        # write to $HOME and /tmp; an emptyDir over /home/runner would hide
-                        # the runner itself. The pod is single-use and deleted after its
-                        # job, and every write counts against its ephemeral-storage limit.
-                        "readOnlyRootFilesystem": False,
-                    },
-                    "volumeMounts": [{"name": "work", "mountPath": WORK_DIR}],
-                }
-            ],
-            "volumes": [
-                {
-                    "name": "work",
-                    # On NVMe pools Karpenter stripes the instance store (RAID0) and the
-                    # kubelet's ephemeral storage lives on it, so this lands on NVMe.
-                    "emptyDir": {"sizeLimit": team.resources.ephemeral_storage},
-                }
-            ],
+        "spec": pod_spec,
+    }
+
+
+_NO_PRIVILEGE = {
+    # The image gives `runner` passwordless sudo; no_new_privs makes it inert.
+    "allowPrivilegeEscalation": False,
+    "privileged": False,
+    "capabilities": {"drop": ["ALL"]},
+}
+
+
+def _runner_container(
+    spec: PlatformSpec, facts: RuntimeFacts, scale_set: ScaleSet, team: Team, pool: Pool, name: str
+) -> dict[str, Any]:
+    mode = team.mode_on(pool.name)
+    env = _env(spec, facts, scale_set, team, name)
+    mounts: list[dict[str, Any]] = [{"name": WORK_VOLUME, "mountPath": WORK_DIR}]
+    if mode in HOOK_MODES:
+        env += _hook_env(team, pool, name)
+        mounts.append({"name": HOOKS_VOLUME, "mountPath": HOOKS_DIR, "readOnly": True})
+    if mode == "buildkit":
+        env.append({"name": "BUILDKIT_HOST", "value": f"tcp://127.0.0.1:{BUILDKIT_PORT}"})
+    if mode == "dind":
+        env.append({"name": "DOCKER_HOST", "value": DOCKER_HOST})
+        mounts += [
+            {"name": DIND_SOCKET_VOLUME, "mountPath": DIND_SOCKET_DIR},
+            {"name": DIND_EXTERNALS, "mountPath": EXTERNALS_DIR},
+        ]
+    if pool.tool_cache is not None:
+        env.append({"name": "RUNNER_TOOL_CACHE", "value": pool.tool_cache.path})
+        mounts.append(
+            {"name": TOOL_CACHE_VOLUME, "mountPath": pool.tool_cache.path, "readOnly": True}
+        )
+    return {
+        "name": RUNNER_CONTAINER,
+        "image": team.runner_image,
+        # The pre-pull DaemonSet puts the image on warm nodes; use it even
+        # for a moving tag rather than pulling again at every runner.
+        "imagePullPolicy": "IfNotPresent",
+        "command": RUNNER_COMMAND,
+        "env": env,
+        "resources": _resources(team, pool),
+        "securityContext": {
+            **_NO_PRIVILEGE,
+            # The runner writes its JIT-decoded config (.runner, .credentials)
+            # and _diag beside its binaries in /home/runner, and job steps
+            # write to $HOME and /tmp; an emptyDir over /home/runner would hide
+            # the runner itself. The pod is single-use and deleted after its
+            # job, and every write counts against its ephemeral-storage limit.
+            "readOnlyRootFilesystem": False,
         },
+        "volumeMounts": mounts,
+    }
+
+
+def _hook_env(team: Team, pool: Pool, name: str) -> list[dict[str, Any]]:
+    """What the kubernetes-mode container hooks read (runner-container-hooks 0.7, the
+    version the actions-runner image ships), plus the runner pod's uid for the platform's
+    entry point, which makes each job pod a dependent of this pod."""
+    plain = {
+        "ACTIONS_RUNNER_CONTAINER_HOOKS": f"{HOOKS_DIR}/{HOOKS_ENTRY_KEY}",
+        "RUNNER_PLATFORM_STOCK_HOOKS": STOCK_HOOKS,
+        "ACTIONS_RUNNER_REQUIRE_JOB_CONTAINER": "true" if team.require_job_container else "false",
+        "ACTIONS_RUNNER_POD_NAME": name,
+        # A generic ephemeral volume's claim is named <pod>-<volume>.
+        "ACTIONS_RUNNER_CLAIM_NAME": f"{name}-{WORK_VOLUME}",
+        "ACTIONS_RUNNER_KUBERNETES_NAMESPACE": team.namespace,
+        # The scheduler places job pods (node affinity to this pod's node) instead of the
+        # hooks binding them to the node directly: quota, taints and the template's pool
+        # selector then apply to them as to any pod.
+        "ACTIONS_RUNNER_USE_KUBE_SCHEDULER": "true",
+        "ACTIONS_RUNNER_CONTAINER_HOOK_TEMPLATE": f"{HOOKS_DIR}/{job_template_key(pool.name)}",
+    }
+    return [
+        *({"name": key, "value": value} for key, value in plain.items()),
+        {"name": POD_UID_ENV, "valueFrom": {"fieldRef": {"fieldPath": "metadata.uid"}}},
+    ]
+
+
+def _work_volume(team: Team, pool: Pool, *, labels: dict[str, str]) -> dict[str, Any]:
+    if team.mode_on(pool.name) not in HOOK_MODES:
+        # On NVMe pools Karpenter stripes the instance store (RAID0) and the kubelet's
+        # ephemeral storage lives on it, so this lands on NVMe.
+        return {"name": WORK_VOLUME, "emptyDir": {"sizeLimit": team.resources.ephemeral_storage}}
+    # Job pods mount the same claim (the hooks name it <pod>-work), so they run on this
+    # pod's node; the claim is owned by the pod and goes with it.
+    return {
+        "name": WORK_VOLUME,
+        "ephemeral": {
+            "volumeClaimTemplate": {
+                "metadata": {"labels": labels},
+                "spec": {
+                    "accessModes": ["ReadWriteOnce"],
+                    "storageClassName": pool.work_storage_class,
+                    "resources": {"requests": {"storage": pool.work_volume.size}},
+                },
+            }
+        },
+    }
+
+
+def _one_runner_per_slot(pool: Pool, slot: str) -> dict[str, Any]:
+    return {
+        "podAntiAffinity": {
+            "requiredDuringSchedulingIgnoredDuringExecution": [
+                {
+                    "labelSelector": {
+                        "matchLabels": {
+                            LABEL_APP: RUNNER_APP,
+                            LABEL_POOL: pool.name,
+                            SLOT_LABEL: slot,
+                        }
+                    },
+                    # Runners of every team on the pool share its nodes.
+                    "namespaceSelector": {},
+                    "topologyKey": HOSTNAME_LABEL,
+                }
+            ]
+        }
+    }
+
+
+def _sidecar_resources(team: Team) -> dict[str, dict[str, str]]:
+    wanted = team.job_resources
+    return {
+        "requests": {"cpu": wanted.cpu, "memory": wanted.memory},
+        "limits": {"memory": wanted.memory},
+    }
+
+
+def _buildkit_container(team: Team) -> dict[str, Any]:
+    """Rootless buildkitd as BuildKit documents it for Kubernetes: its own non-root user,
+    no privilege; its state (the build cache) on the runner's work volume."""
+    return {
+        "name": BUILDKIT_CONTAINER,
+        "image": team.buildkit_image,
+        "imagePullPolicy": "IfNotPresent",
+        "args": [
+            "--addr",
+            f"tcp://0.0.0.0:{BUILDKIT_PORT}",
+            "--root",
+            f"{WORK_DIR}/.buildkit",
+            # Without it rootless buildkitd needs its own PID namespace per build, which
+            # an unprivileged container cannot create (BuildKit docs/rootless.md).
+            "--oci-worker-no-process-sandbox",
+        ],
+        "ports": [{"name": "buildkit", "containerPort": BUILDKIT_PORT}],
+        "resources": _sidecar_resources(team),
+        "securityContext": {
+            "runAsNonRoot": True,
+            # The rootless image's user; it maps its own user namespace (rootlesskit),
+            # which needs seccomp and AppArmor to allow unshare and mount.
+            "runAsUser": BUILDKIT_UID,
+            "runAsGroup": BUILDKIT_UID,
+            "privileged": False,
+            "seccompProfile": {"type": "Unconfined"},
+            "appArmorProfile": {"type": "Unconfined"},
+        },
+        "volumeMounts": [{"name": WORK_VOLUME, "mountPath": WORK_DIR}],
+    }
+
+
+def _dind_container(team: Team) -> dict[str, Any]:
+    """A privileged Docker daemon, as actions-runner-controller's dind mode runs it."""
+    return {
+        "name": DIND_CONTAINER,
+        "image": team.dind_image,
+        "imagePullPolicy": "IfNotPresent",
+        "args": ["dockerd", f"--host={DOCKER_HOST}", f"--group={RUNNER_UID}"],
+        # No TLS: the socket is only on a volume shared with the runner container.
+        "env": [{"name": "DOCKER_TLS_CERTDIR", "value": ""}],
+        "resources": {
+            **_sidecar_resources(team),
+            "requests": {
+                **_sidecar_resources(team)["requests"],
+                "ephemeral-storage": team.job_resources.ephemeral_storage,
+            },
+        },
+        "securityContext": {
+            "privileged": True,
+            "runAsNonRoot": False,
+            "runAsUser": 0,
+            "seccompProfile": {"type": "Unconfined"},
+        },
+        "volumeMounts": [
+            {"name": WORK_VOLUME, "mountPath": WORK_DIR},
+            {"name": DIND_SOCKET_VOLUME, "mountPath": DIND_SOCKET_DIR},
+            {"name": DIND_EXTERNALS, "mountPath": EXTERNALS_DIR},
+        ],
+    }
+
+
+def _copy_externals(team: Team) -> dict[str, Any]:
+    """Job containers started by the Docker daemon mount the runner's externals (node for
+    JavaScript actions) by path, so the daemon must see them at the same path."""
+    return {
+        "name": "copy-externals",
+        "image": team.runner_image,
+        "imagePullPolicy": "IfNotPresent",
+        "command": ["cp", "-R", f"{EXTERNALS_DIR}/.", "/mnt/externals/"],
+        "resources": {"requests": {"cpu": "100m", "memory": "128Mi"}},
+        "securityContext": {**_NO_PRIVILEGE, "readOnlyRootFilesystem": True},
+        "volumeMounts": [{"name": DIND_EXTERNALS, "mountPath": "/mnt/externals"}],
+    }
+
+
+def _copy_tool_cache(cache: ToolCache) -> dict[str, Any]:
+    """Fill this runner's own copy of the pool's tool cache (the image is pre-pulled on
+    warm and isolated nodes); the runner mounts the copy read-only."""
+    return {
+        "name": "copy-tool-cache",
+        "image": cache.image,
+        "imagePullPolicy": "IfNotPresent",
+        "command": ["cp", "-R", f"{cache.path}/.", "/mnt/tool-cache/"],
+        "resources": {"requests": {"cpu": "100m", "memory": "128Mi"}},
+        "securityContext": {**_NO_PRIVILEGE, "readOnlyRootFilesystem": True},
+        "volumeMounts": [{"name": TOOL_CACHE_VOLUME, "mountPath": "/mnt/tool-cache"}],
     }
 
 

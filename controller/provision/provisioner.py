@@ -88,7 +88,7 @@ class Provisioner:
         self.teams = {t.name: t for t in spec.teams}
         self.pools = {p.name: p for p in spec.pools}
         self.groups = jit.RunnerGroups()
-        self.cache = PodCache(self._pod_changed)
+        self.cache = PodCache(self._pod_changed, accept=self._ours)
         self.inflight: dict[str, int] = dict.fromkeys(self.scale_sets, 0)
         self.inflight_names: set[str] = set()
         self.writes = asyncio.Semaphore(tuning.write_concurrency)
@@ -102,6 +102,10 @@ class Provisioner:
         self._passes: dict[str, asyncio.Task[None]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self.namespaces = sorted({t.namespace for t in spec.teams})
+        for scale_set in self.scale_sets.values():
+            # A pod that cannot be built (a team missing from the runtime facts) would be
+            # found only after its registration was made, every pass: refuse to start.
+            runner_pod(spec, facts, scale_set, f"{scale_set.name}-check", 1)
 
     # -- running --
 
@@ -136,7 +140,8 @@ class Provisioner:
         task.add_done_callback(self._tasks.discard)
 
     async def _watch(self, namespace: str) -> None:
-        async for kind, obj in self.kube.watch(namespace, "pods", selector()):
+        # Listed pods become lean records page by page: never 10,000 parsed Pods at once.
+        async for kind, obj in self.kube.watch(namespace, "pods", selector(), transform=lean):
             self.cache.apply(namespace, kind, obj)
 
     async def _consume_demand(self) -> None:
@@ -221,7 +226,7 @@ class Provisioner:
         # min_idle keeps warm runners on the team's first pool, where bare
         # [self-hosted, linux] jobs land (routing.py), not on every pool it may use.
         idle_floor = team.min_idle if scale_set.pool == team.pools[0] else 0
-        desired = min(team.max_runners, counts["busy"] + len(demand.pending) + idle_floor)
+        desired = min(team.max_runners, counts["busy"] + demand.queued + idle_floor)
         self.metrics.desired_runners.labels(scale_set.name).set(desired)
         self.metrics.actual_runners.labels(scale_set.name).set(supply)
         if not self.may_act():
@@ -232,23 +237,26 @@ class Provisioner:
             if self.stopping or time.monotonic() < self.backoff_until.get(scale_set.name, 0.0):
                 return 0
             room = min(desired - supply, self._team_room(team.name), self._pool_room(scale_set))
+            if room <= 0:
+                return 0
+            log.info(
+                "%s: creating %d runners (desired %d, supply %d, busy %d, queued %d)",
+                scale_set.name,
+                room,
+                desired,
+                supply,
+                counts["busy"],
+                demand.queued,
+            )
+            # Counted in flight before the await below: a pass of another scale set of this
+            # team or pool that runs meanwhile must see these runners in its room.
+            self.inflight[scale_set.name] += room
             covered = max(0, supply - counts["busy"])  # oldest jobs already have a runner
-            queued_at = [queued for _, queued in demand.pending[covered : covered + room]]
-            if room > 0:
-                log.info(
-                    "%s: creating %d runners (desired %d, supply %d, busy %d, queued %d)",
-                    scale_set.name,
-                    room,
-                    desired,
-                    supply,
-                    counts["busy"],
-                    len(demand.pending),
-                )
-            for index in range(max(0, room)):
-                self.inflight[scale_set.name] += 1
+            queued_at = await self.demand_store.queued_times(scale_set.name, covered, room)
+            for index in range(room):
                 queued = queued_at[index] if index < len(queued_at) else None
                 self._spawn(self._create(scale_set, queued))
-            return max(0, room)
+            return room
         if desired < supply:
             # Only a surplus that lasts the grace period is retired: demand that dips for a
             # moment (a job starting while the next is queued) keeps its runners.
@@ -307,8 +315,11 @@ class Provisioner:
             async with self.writes:
                 if self.stopping or not self.may_act():
                     return
+                if time.monotonic() < self.backoff_until.get(scale_set.name, 0.0):
+                    return  # a sibling hit a limit or an error: the next pass tries again
                 await self._create_runner(scale_set, queued_at)
         except RateLimited as error:
+            self.metrics.jit_configs.labels(scale_set.instance, "rate_limited").inc()
             self._back_off(scale_set, error.retry_after, str(error))
         except (GitHubError, KubeError) as error:
             self.metrics.jit_configs.labels(scale_set.instance, "error").inc()
@@ -330,7 +341,8 @@ class Provisioner:
         client = self.github[scale_set.instance]
         for attempt in range(1, self.tuning.github_retries + 1):
             try:
-                runner = await jit.generate(client, self.groups, scale_set)
+                claims = self.teams[scale_set.team].claims_repository
+                runner = await jit.generate(client, self.groups, scale_set, claims)
                 self.metrics.jit_configs.labels(scale_set.instance, "created").inc()
                 return runner
             except GitHubUnavailable:
@@ -347,11 +359,21 @@ class Provisioner:
         self.inflight_names.add(runner.name)
         try:
             pod = runner_pod(self.spec, self.facts, scale_set, runner.name, runner.runner_id)
+            if not self.may_act():  # the Lease went while GitHub answered: hand over clean
+                await self._delete_registration(scale_set, runner.runner_id)
+                return
             try:
                 created = await self.kube.create(namespace, "pods", pod)
             except Conflict:  # a retried create whose first attempt got through
                 created = await self.kube.get(namespace, "pods", runner.name)
             except KubeError:
+                # An attempt may have created the pod before its reply was lost: left, it
+                # would count as supply for a runner that never starts until the reaper's
+                # timeout. The name is this registration's own, so delete by name.
+                try:
+                    await self.kube.delete(namespace, "pods", runner.name)
+                except KubeError:
+                    pass  # still failing: the reaper's
                 await self._delete_registration(scale_set, runner.runner_id)
                 raise
             record = lean(created)
@@ -380,6 +402,13 @@ class Provisioner:
             self.inflight_names.discard(runner.name)
 
     # -- pods changing --
+
+    def _ours(self, pod: RunnerPod) -> bool:
+        """A scale set's runner lives in its team's namespace: a pod elsewhere that carries
+        the label (anyone who may create pods in some team namespace can write one) is not
+        supply, uses no pool room, and names no registration this provisioner touches."""
+        scale_set = self.scale_sets.get(pod.scale_set)
+        return scale_set is not None and self.teams[scale_set.team].namespace == pod.namespace
 
     def _pod_changed(self, old: RunnerPod | None, new: RunnerPod | None) -> None:
         pod = new or old
@@ -411,7 +440,7 @@ class Provisioner:
                 self.kube.delete(pod.namespace, "secrets", pod.name),
             )
             if pod.runner_id and registration:
-                await self._delete_registration(scale_set, pod.runner_id, check_first=True)
+                await self._delete_registration(scale_set, pod.runner_id, name=pod.name)
             await self.demand_store.forget_busy(pod.scale_set, pod.name)
             await self.audit.record(
                 AuditRecord(
@@ -432,17 +461,29 @@ class Provisioner:
             self.cleaning.discard((pod.namespace, pod.name))
 
     async def _delete_registration(
-        self, scale_set: ScaleSet, runner_id: int, *, check_first: bool = False
+        self,
+        scale_set: ScaleSet,
+        runner_id: int,
+        *,
+        check_first: bool = False,
+        name: str | None = None,
     ) -> str:
         """Remove a runner registration: "deleted", "gone" or "busy" (GitHub refuses to
-        delete a runner that is running a job: that runner is not retired)."""
+        delete a runner that is running a job: that runner is not retired). With ``name``,
+        only a registration of that name: a runner id read from a pod annotation is not
+        trusted to name one of this scale set's runners."""
         client = self.github[scale_set.instance]
-        if check_first:  # a GET costs 1 point, a DELETE 5: most finished runners are gone
+        if check_first or name is not None:  # a GET costs 1 point, a DELETE 5
             reply = await client.runner(scale_set.org, runner_id)
             if reply.status == 404:
                 return "gone"
+            if reply.status == 200 and name is not None and reply.body.get("name") != name:
+                log.warning("runner %s is not %s: its registration is left alone", runner_id, name)
+                return "gone"
             if reply.status == 200 and reply.body.get("busy"):
                 return "busy"
+            if not self.may_act():
+                return "busy"  # not ours to touch any more: leave it as if in use
         reply = await client.delete_runner(scale_set.org, runner_id)
         if reply.status in (200, 204):
             return "deleted"
@@ -483,7 +524,7 @@ class Provisioner:
         self.cleaning.add(key)
         try:
             if pod.runner_id:
-                outcome = await self._delete_registration(scale_set, pod.runner_id)
+                outcome = await self._delete_registration(scale_set, pod.runner_id, name=pod.name)
                 if outcome == "busy":
                     self.cleaning.discard(key)
                     return False

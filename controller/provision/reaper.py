@@ -65,13 +65,15 @@ class Reaper:
     async def reap_once(self) -> dict[str, int]:
         """One pass; returns how many objects it removed by reason."""
         removed: dict[str, int] = {}
-        registrations = await self._registrations()
+        registrations, complete = await self._registrations()
         now = self.p.clock()
         demand = await self.p.demand_store.demand(list(self.p.scale_sets))
         for scale_set in self.p.scale_sets.values():
             busy = demand[scale_set.name].busy
             for pod in list(self.p.cache.of(scale_set.name)):
                 reason = None
+                if (pod.namespace, pod.name) in self.p.cleaning:
+                    continue  # the immediate path is on it
                 if pod.done and not pod.deleting:
                     reason = "finished"
                 elif pod.finishing:
@@ -79,6 +81,8 @@ class Reaper:
                 elif not pod.running and now - pod.created > self.pending_timeout:
                     reason = "pending-timeout"
                 elif pod.running and pod.name not in busy:
+                    if (scale_set.instance, scale_set.org) not in complete:
+                        continue  # GitHub's list was cut short: absent is not offline
                     runner = registrations.get((scale_set.instance, scale_set.org, pod.name))
                     started = pod.running_since or pod.created
                     offline = runner is None or (
@@ -93,19 +97,25 @@ class Reaper:
                 if reason is None:
                     continue
                 if reason == "finished":
+                    self.p.cleaning.add((pod.namespace, pod.name))  # finish() clears it
                     await self.p.finish(pod, "failed" if pod.phase == "Failed" else "succeeded")
                     ok = True
                 else:
                     ok = await self.p.retire(pod, reason)
                 if ok:
                     removed[reason] = removed.get(reason, 0) + 1
-        removed["no-pod"] = await self._orphan_registrations(registrations)
+        removed["no-pod"] = await self._orphan_registrations(registrations, complete)
         removed["orphan-secret"] = await self._orphan_secrets(now)
         return {k: v for k, v in removed.items() if v}
 
-    async def _registrations(self) -> dict[tuple[str, str, str], dict[str, Any]]:
-        """This platform's runner registrations, by (instance, org, runner name)."""
+    async def _registrations(
+        self,
+    ) -> tuple[dict[tuple[str, str, str], dict[str, Any]], set[tuple[str, str]]]:
+        """The runner registrations by (instance, org, runner name), and the (instance,
+        org) pairs whose listing completed: a listing cut short by a rate limit or an
+        outage says nothing about the runners it did not reach."""
         found: dict[tuple[str, str, str], dict[str, Any]] = {}
+        complete: set[tuple[str, str]] = set()
         orgs = {(s.instance, s.org) for s in self.p.scale_sets.values()}
         for instance, org in sorted(orgs):
             client = self.p.github[instance]
@@ -117,14 +127,16 @@ class Reaper:
                     log.warning("listing runners of %s failed: %s", org, error)
                     break
                 if reply.status != 200:
+                    log.warning("listing runners of %s: GitHub answered %s", org, reply.status)
                     break
                 runners = reply.body.get("runners", [])
                 for runner in runners:
                     found[(instance, org, str(runner.get("name", "")))] = runner
                 if len(runners) < 100:
+                    complete.add((instance, org))
                     break
                 page += 1
-        return found
+        return found, complete
 
     def _owner(self, instance: str, org: str, name: str) -> str | None:
         """The scale set a runner name belongs to (name = ``<scale set>-<5 chars>``)."""
@@ -137,11 +149,15 @@ class Reaper:
         return scale_set.name
 
     async def _orphan_registrations(
-        self, registrations: dict[tuple[str, str, str], dict[str, Any]]
+        self,
+        registrations: dict[tuple[str, str, str], dict[str, Any]],
+        complete: set[tuple[str, str]],
     ) -> int:
         removed = 0
         suspects: set[tuple[str, str, int]] = set()
         for (instance, org, name), runner in registrations.items():
+            if (instance, org) not in complete:
+                continue
             owner = self._owner(instance, org, name)
             if owner is None or runner.get("busy"):
                 continue

@@ -26,6 +26,7 @@ import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from localenv.fault_proxy import Fault, Faults, Injection
 from localenv.github.oidc import OidcIssuer
 from localenv.github.state import Invalid, NotFound, World
 from localenv.github.webhooks import send
@@ -75,6 +76,7 @@ class GitHubEmulator:
         self._used: dict[str, list[float]] = defaultdict(list)
         self._points: dict[tuple[str, str], list[tuple[float, int]]] = defaultdict(list)
         self.requests: list[tuple[str, str]] = []
+        self.faults = Faults(fullmatch=True)  # by route name: fail(), /_emulator/faults
         self._id_token_requests: dict[str, dict[str, Any]] = {}
         self._routes: list[tuple[str, re.Pattern[str], str, Handler]] = []
         self._register_routes()
@@ -143,6 +145,26 @@ class GitHubEmulator:
         self, primary: int | None = 5000, secondary_points: int | None = 900
     ) -> None:
         self.primary_limit, self.secondary_points = primary, secondary_points
+
+    def fail(
+        self,
+        route: str,
+        status: int | tuple[int, ...] = 502,
+        *,
+        times: int | None = None,
+        share: float = 1.0,
+        method: str | None = None,
+        retry_after: int | None = None,
+        after: bool = False,
+    ) -> Fault:
+        """Answer ``status`` instead of serving requests to ``route`` (a route name such
+        as ``jitconfig``, or a regex over the whole name): all, a share (0.5: the 1st,
+        3rd, … match) or the next ``times``. The request is neither served nor charged
+        against the limits, unless ``after``: then it is served and its reply is lost."""
+        return self.faults.add(Fault(status, method, route, times, share, retry_after, after))
+
+    def clear_faults(self) -> None:
+        self.faults.clear()
 
     def flush(self, timeout: float = 10.0) -> None:
         """Wait until every pending webhook delivery has been attempted."""
@@ -228,7 +250,9 @@ class GitHubEmulator:
             "x-ratelimit-resource": "core",
         }
 
-    def _charge(self, caller: Caller, method: str, route: str) -> None:
+    def _charge(self, caller: Caller, method: str, route: str, *, dry_run: bool = False) -> None:
+        """Count a request against the limits, or raise the limit's error; ``dry_run``
+        only checks (a mutation over a limit is refused before it changes anything)."""
         if caller.kind == "none":
             return
         now = self.now()
@@ -250,9 +274,11 @@ class GitHubEmulator:
                     "minutes before you try again.",
                     {"retry-after": str(max(1, int(oldest + 60 - now) + 1))},
                 )
-            window.append((now, points))
-            self._points[(caller.token, route)] = window
-        self._used[caller.token].append(now)
+            if not dry_run:
+                window.append((now, points))
+                self._points[(caller.token, route)] = window
+        if not dry_run:
+            self._used[caller.token].append(now)
 
     def _require(self, caller: Caller, kind: str, org: str | None = None) -> None:
         if caller.kind != kind:
@@ -361,6 +387,27 @@ class GitHubEmulator:
             self._require(caller, "installation", p["org"])
             items = [g.as_json() for g in world.org_groups(p["org"])]
             return Response(200, {"total_count": len(items), "runner_groups": items})
+
+        @route(
+            "GET",
+            rf"/orgs/{org_part}/actions/runner-groups/{num}/repositories",
+            "runner_group_repositories",
+        )
+        def group_repositories(
+            caller: Caller, p: dict[str, str], _b: Any, query: dict[str, list[str]]
+        ) -> Response:
+            self._require(caller, "installation", p["org"])
+            group = world.groups.get(int(p["id"]))
+            if group is None or group.org != p["org"]:
+                raise HttpError(404, "Not Found")
+            per_page = min(100, int(query.get("per_page", ["30"])[0]))
+            page = max(1, int(query.get("page", ["1"])[0]))
+            names = list(group.selected_repositories)
+            items = [
+                {"full_name": name, "name": name.split("/", 1)[1]}
+                for name in names[(page - 1) * per_page : page * per_page]
+            ]
+            return Response(200, {"total_count": len(names), "repositories": items})
 
         @route("POST", rf"/orgs/{org_part}/actions/runners/generate-jitconfig", "jitconfig")
         def jit(caller: Caller, p: dict[str, str], body: dict[str, Any], _q: Any) -> Response:
@@ -495,38 +542,63 @@ class GitHubEmulator:
         for route_method, pattern, name, handler in self._routes:
             match = pattern.match(path)
             if match and route_method == method:
-                caller = self._caller(headers.get("Authorization"))
+                injected = self.faults.check(method, name)
+                if injected is not None and not injected.fault.after:
+                    raise _fault_error(injected)  # before auth and limits, like a gateway
                 try:
-                    payload = json.loads(body) if body else {}
-                except ValueError:
-                    raise HttpError(400, "Problems parsing JSON") from None
-                etag_ok = method == "GET" and headers.get("If-None-Match")
-                try:
-                    result = handler(caller, match.groupdict(), payload, query)
-                except (NotFound, Invalid):
-                    self._charge(caller, method, name)  # GitHub counts a 404 or 422 too
-                    raise
-                if method == "GET" and result.status == 200:
-                    etag = (
-                        'W/"'
-                        + hashlib.sha1(json.dumps(result.body, sort_keys=True).encode()).hexdigest()
-                        + '"'
-                    )
-                    result.headers = {**(result.headers or {}), "ETag": etag}
-                    if etag_ok == etag:  # a 304 costs nothing against the limit
-                        return Response(
-                            304, None, {**result.headers, **self._limit_headers(caller)}
-                        )
-                if name != "rate_limit":  # GitHub does not count /rate_limit itself
-                    self._charge(caller, method, name)
-                if method != "GET":
-                    self._changed()
-                result.headers = {
-                    **(result.headers or {}),
-                    **(self._limit_headers(caller) if caller.kind != "none" else {}),
-                }
+                    result = self._answer(method, name, handler, match, headers, body, query)
+                except (HttpError, NotFound, Invalid):
+                    if injected is None:
+                        raise
+                if injected is not None:  # served, and the reply is lost on its way back
+                    raise _fault_error(injected)
                 return result
         raise HttpError(404, "Not Found")
+
+    def _answer(
+        self,
+        method: str,
+        name: str,
+        handler: Handler,
+        match: re.Match[str],
+        headers: Any,
+        body: bytes,
+        query: dict[str, list[str]],
+    ) -> Response:
+        """One matched route: auth, the handler, ETags and limits."""
+        caller = self._caller(headers.get("Authorization"))
+        if method != "GET" and name != "rate_limit":
+            # Like GitHub: a mutation over a limit is refused and does nothing (no JIT
+            # registration behind a 403), not done and then refused.
+            self._charge(caller, method, name, dry_run=True)
+        try:
+            payload = json.loads(body) if body else {}
+        except ValueError:
+            raise HttpError(400, "Problems parsing JSON") from None
+        etag_ok = method == "GET" and headers.get("If-None-Match")
+        try:
+            result = handler(caller, match.groupdict(), payload, query)
+        except (NotFound, Invalid):
+            self._charge(caller, method, name)  # GitHub counts a 404 or 422 too
+            raise
+        if method == "GET" and result.status == 200:
+            etag = (
+                'W/"'
+                + hashlib.sha1(json.dumps(result.body, sort_keys=True).encode()).hexdigest()
+                + '"'
+            )
+            result.headers = {**(result.headers or {}), "ETag": etag}
+            if etag_ok == etag:  # a 304 costs nothing against the limit
+                return Response(304, None, {**result.headers, **self._limit_headers(caller)})
+        if name != "rate_limit":  # GitHub does not count /rate_limit itself
+            self._charge(caller, method, name)
+        if method != "GET":
+            self._changed()
+        result.headers = {
+            **(result.headers or {}),
+            **(self._limit_headers(caller) if caller.kind != "none" else {}),
+        }
+        return result
 
     def _id_token(self, authorization: str, query: dict[str, list[str]]) -> Response:
         """The Actions runtime's token endpoint: bearer request token in, ``{value}`` out."""
@@ -589,6 +661,23 @@ class GitHubEmulator:
         if method == "POST" and path == "clock":
             self.advance(float(data["advance"]))
             return Response(204)
+        if method == "POST" and path == "faults":
+            status = data.pop("status", 502)
+            fault = self.fail(
+                data.pop("route"),
+                tuple(status) if isinstance(status, list) else int(status),
+                times=data.pop("times", None),
+                share=float(data.pop("share", 1.0)),
+                method=data.pop("method", None),
+                retry_after=data.pop("retry_after", None),
+                after=bool(data.pop("after", False)),
+            )
+            return Response(201, fault.describe())
+        if method == "GET" and path == "faults":
+            return Response(200, [f.describe() for f in list(self.faults.rules)])
+        if method == "DELETE" and path == "faults":
+            self.clear_faults()
+            return Response(204)
         raise HttpError(404, "Not Found")
 
     def _handler_class(self) -> type[BaseHTTPRequestHandler]:
@@ -644,6 +733,22 @@ class _QuietServer(ThreadingHTTPServer):
         if isinstance(sys.exc_info()[1], ConnectionError):
             return
         super().handle_error(request, client_address)
+
+
+def _fault_error(injected: Injection) -> HttpError:
+    """What GitHub's edge answers: a 5xx, or a secondary limit (403/429 + retry-after)."""
+    status, retry_after = injected.status, injected.fault.retry_after
+    headers = {} if retry_after is None else {"retry-after": str(retry_after)}
+    if status in (403, 429) and retry_after is not None:
+        message = (
+            "You have exceeded a secondary rate limit. Please wait a few minutes before "
+            "you try again."
+        )
+    else:
+        message = {502: "Server Error", 503: "Service Unavailable", 504: "Gateway Timeout"}.get(
+            status, "Internal Server Error" if status >= 500 else "Injected fault"
+        )
+    return HttpError(status, message, headers)
 
 
 def _iso(moment: float) -> str:

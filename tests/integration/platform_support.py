@@ -8,13 +8,14 @@ stand-in. The dev stack's spec; the emulators are set up to match it.
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,21 +26,66 @@ from kubernetes import client
 
 from components.controller_manifests import CONTROLLER_NAME, namespaces, rbac, service_accounts
 from components.node_pools import daemonset_pods, runner_priority_class
-from controller.model import PlatformSpec, RuntimeFacts
+from controller.model import PlatformSpec, RuntimeFacts, load_spec
 from controller.provision.pod import selector
 from localenv.dry_run import Rejected, submit
 from localenv.github import GitHubEmulator
 from localenv.kube import ControlPlane
 from localenv.kube_objects import pool_node
 from localenv.process import free_port, wait_for
-from tests.conftest import ROOT
+from tests.conftest import DEV_DOCUMENT, ROOT
 from tests.integration.router_support import SECRETS
+
+
+def kwok_spec() -> PlatformSpec:
+    """The dev stack with every team's runners in container mode ``none`` (the work folder
+    on an emptyDir): KWOK runs no containers and the session's cluster provisions no work
+    volumes. The container modes have their own tests (test_container_*)."""
+    document = copy.deepcopy(DEV_DOCUMENT)
+    for team in document["teams"]:
+        team["container_mode"] = "none"
+        team.pop("container_modes", None)
+    return load_spec(document)
+
+
+def running_platform(
+    kube: ControlPlane,
+    redis_url: str,
+    emulators: dict[str, GitHubEmulator],
+    workdir: Path,
+    *,
+    extra_env: dict[str, str] | None = None,
+    start: bool = True,
+    configure: Callable[[Platform], None] | None = None,
+) -> Iterator[Platform]:
+    """A module's platform: Redis flushed, the cluster and emulators cleaned of runners
+    before and after, the processes started (unless ``start`` is false) and stopped."""
+    redis_sync.Redis.from_url(redis_url).flushdb()
+    platform = Platform(kwok_spec(), kube, redis_url, emulators, workdir, dict(extra_env or {}))
+    platform.prepare()
+    if configure is not None:
+        configure(platform)
+    platform.cleanup()
+    if start:
+        platform.start()
+    try:
+        yield platform
+    finally:
+        platform.stop()
+        platform.cleanup()
+
 
 ROLE_ARNS = {
     team: f"arn:aws:iam::123456789012:role/github-runner-{team}-role"
     for team in ("web", "ml", "infra")
 }
 MEMBERS = {"web": "alice", "ml": "rob", "infra": "sam"}
+# Repositories the tests queue jobs in, per team: each team's runner group admits these.
+TEAM_REPOSITORIES = {
+    "web": ("acme-corp/storefront", "acme-corp/web-shop"),
+    "ml": ("research/models", "research/training-gpt"),
+    "infra": ("platform/deploy",),
+}
 
 
 @dataclass
@@ -162,8 +208,15 @@ class Platform:
         for team in self.spec.teams:
             world = self.emulators[team.instance].world
             world.add_org(team.org)
-            if not any(g.name == team.runner_group for g in world.org_groups(team.org)):
-                world.add_runner_group(team.org, team.runner_group)
+            # Only the team's repositories may use its group (the provisioner checks); an
+            # earlier module of the session may have made the group open to all.
+            group = next(
+                (g for g in world.org_groups(team.org) if g.name == team.runner_group), None
+            )
+            if group is None:
+                group = world.add_runner_group(team.org, team.runner_group)
+            group.visibility = "selected"
+            group.selected_repositories = TEAM_REPOSITORIES[team.name]
             for slug in team.github_teams:
                 try:
                     world.team(team.org, slug)
@@ -285,6 +338,13 @@ class Platform:
         if new and (running is None or not holder.endswith(f"-{running.pid}")):
             return None
         return holder or None
+
+    def wait_live(self, scale_set: str, count: int, timeout: float = 60) -> None:
+        self.wait(
+            lambda: len(self.live_pods(scale_set)) == count,
+            timeout,
+            f"{count} live runner pods in {scale_set}",
+        )
 
     def secrets(self, namespace: str) -> list[Any]:
         core = client.CoreV1Api(self.plane.api_client())

@@ -8,18 +8,15 @@ import signal
 import threading
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
-import redis as redis_sync
 
 from controller.provision.demand import pending_key
 from localenv.github import GitHubEmulator
 from localenv.kube import ControlPlane
 from localenv.runner_standin import RunnerStandIn
 from localenv.services import Redis
-from tests.integration.platform_support import ROLE_ARNS, Platform, job_status
-from tests.integration.router_support import dev_spec
+from tests.integration.platform_support import ROLE_ARNS, Platform, job_status, running_platform
 
 WEB = ["self-hosted", "linux"]
 
@@ -33,21 +30,13 @@ def platform(
     runner_standin: RunnerStandIn,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Platform]:
-    redis_sync.Redis.from_url(redis_server.url).flushdb()
-    workdir: Path = tmp_path_factory.mktemp("platform")
-    platform = Platform(
-        dev_spec(),
+    yield from running_platform(
         kube_nodes,
         redis_server.url,
         {"cloud": github_cloud, "ghes": github_ghes},
-        workdir,
+        tmp_path_factory.mktemp("platform"),
         extra_env={"RUNNER_PLATFORM_IDLE_GRACE": "1"},
-    ).prepare()
-    platform.cleanup()
-    platform.start()
-    yield platform
-    platform.stop()
-    platform.cleanup()
+    )
 
 
 def _idle_web(platform: Platform) -> list[str]:

@@ -5,11 +5,9 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Iterator
-from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
-import redis as redis_sync
 import redis.asyncio as aioredis
 from kubernetes import client
 
@@ -27,8 +25,7 @@ from localenv.github import GitHubEmulator
 from localenv.kube import ControlPlane
 from localenv.runner_standin import RunnerStandIn
 from localenv.services import Redis
-from tests.integration.platform_support import Platform
-from tests.integration.router_support import dev_spec
+from tests.integration.platform_support import Platform, running_platform
 
 T = TypeVar("T")
 
@@ -42,18 +39,13 @@ def platform(
     runner_standin: RunnerStandIn,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Platform]:
-    redis_sync.Redis.from_url(redis_server.url).flushdb()
-    workdir: Path = tmp_path_factory.mktemp("reaper")
-    platform = Platform(
-        dev_spec(),
+    yield from running_platform(
         kube_nodes,
         redis_server.url,
         {"cloud": github_cloud, "ghes": github_ghes},
-        workdir,
-    ).prepare()
-    platform.cleanup()
-    yield platform
-    platform.cleanup()
+        tmp_path_factory.mktemp("reaper"),
+        start=False,  # the reaper runs in-process here
+    )
 
 
 def run_with(
@@ -72,7 +64,12 @@ def run_with(
         provisioner = Provisioner(
             spec,
             _facts(platform),
-            DemandStore(redis, [s.name for s in spec.scale_sets()], "reaper-test"),
+            DemandStore(
+                redis,
+                [s.name for s in spec.scale_sets()],
+                "reaper-test",
+                {s.name: s.team for s in spec.scale_sets()},
+            ),
             kube,
             github_clients(spec, settings, metrics),
             AuditLog(redis),
@@ -250,3 +247,39 @@ def test_a_runner_that_never_came_online_is_reaped_but_a_busy_one_never_is(
     assert "web-warm-busy1" in {p.metadata.name for p in platform.live_pods("web-warm")}
     assert busy["runner"]["id"] in world.runners
     world.complete_job(job.id, "success")
+
+
+def test_no_runner_is_registered_in_a_group_that_other_repositories_may_use(
+    platform: Platform,
+) -> None:
+    # GitHub hands a job to any idle runner of a group the job's repository may use: a web
+    # runner in a group open to the org would run any repository's job as team web.
+    from controller.provision.jit import JitError
+
+    warm = _scale_set(platform, "web-warm")
+    world = platform.emulators["cloud"].world
+    group = next(g for g in world.org_groups("acme-corp") if g.name == "web")
+    before = len(world.org_runners("acme-corp"))
+
+    async def attempt(provisioner: Provisioner, _: Reaper) -> str:
+        try:
+            await provisioner._jit(warm)
+        except JitError as error:
+            return str(error)
+        return "registered"
+
+    try:
+        group.visibility = "all"
+        refused_open = run_with(platform, attempt)
+        group.visibility = "selected"
+        group.selected_repositories = ("acme-corp/storefront", "acme-corp/payments-admin")
+        refused_foreign = run_with(platform, attempt)
+        group.selected_repositories = ("acme-corp/storefront", "acme-corp/web-shop")
+        allowed = run_with(platform, attempt)
+    finally:
+        group.visibility = "selected"
+        group.selected_repositories = ("acme-corp/storefront", "acme-corp/web-shop")
+    assert refused_open.startswith("runner group 'web' in acme-corp is visible to all")
+    assert "open to acme-corp/payments-admin, which is not one of team 'web''s" in refused_foreign
+    assert allowed == "registered"
+    assert len(world.org_runners("acme-corp")) == before + 1  # only the allowed one

@@ -37,10 +37,21 @@ def test_rbac_grants_no_wildcards_and_secrets_only_in_runner_namespaces(
     for role in roles:
         for rule in role["rules"]:
             assert "*" not in rule["verbs"] and "*" not in rule["resources"], role["metadata"]
-    cluster_role = _find(objects, "ClusterRole", "runner-controller-nodes")
-    assert cluster_role["rules"] == [
-        {"apiGroups": [""], "resources": ["nodes"], "verbs": ["get", "list", "watch"]}
+    # Nothing cluster-wide: every grant is a Role in one namespace.
+    assert [r for r in roles if r["kind"] == "ClusterRole"] == []
+    lease_role = _find(objects, "Role", "runner-controller", "runner-platform")
+    assert lease_role["rules"] == [
+        {
+            "apiGroups": ["coordination.k8s.io"],
+            "resources": ["leases"],
+            "verbs": ["get", "create", "update"],
+        }
     ]
+    team_role = _find(objects, "Role", "runner-controller", "runners-web")
+    assert {rule["resources"][0]: rule["verbs"] for rule in team_role["rules"]} == {
+        "pods": ["create", "delete", "get", "list", "watch"],
+        "secrets": ["create", "delete", "list"],
+    }
     secret_namespaces = {
         r["metadata"]["namespace"]
         for r in roles

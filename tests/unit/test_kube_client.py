@@ -170,3 +170,22 @@ def test_the_rate_limiter_allows_a_burst_then_paces_to_qps() -> None:
     finally:
         asyncio.sleep = original
     assert slept == pytest.approx([0.1, 0.1])  # 3 at once, then one per 1/qps
+
+
+def test_the_in_cluster_token_is_read_whatever_the_scheme_case(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # kubernetes' in-cluster loader stores "bearer <token>" in lower case.
+    from kubernetes.config import incluster_config
+
+    token = tmp_path / "token"
+    token.write_text("in-cluster-token\n")
+    ca = tmp_path / "ca.crt"
+    ca.write_text("not read here\n")
+    monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "10.96.0.1")
+    monkeypatch.setenv("KUBERNETES_SERVICE_PORT", "443")
+    monkeypatch.setattr(incluster_config, "SERVICE_TOKEN_FILENAME", str(token))
+    monkeypatch.setattr(incluster_config, "SERVICE_CERT_FILENAME", str(ca))
+    config = KubeConfig.load(None)
+    assert config.token == "in-cluster-token"
+    assert config.server == "https://10.96.0.1:443"
