@@ -9,6 +9,7 @@ import pulumi_aws as aws
 
 from components.cilium import Cilium
 from components.cluster import Cluster
+from components.containers import WorkVolumeStorage
 from components.controller import ControllerDeployment
 from components.github_oidc import GitHubOidc
 from components.karpenter import Karpenter
@@ -31,10 +32,18 @@ NodePools(
     cluster.provider,
     depends_on=[karpenter.release, cilium.release],
 )
+WorkVolumeStorage("work-volumes", spec, cluster, partition)
 oidc = GitHubOidc("github-oidc", spec, account_id, partition)
 vault = VaultAuth("vault", spec, load_vault_token())
+# Cilium's operator registers the CiliumNetworkPolicy kind the runner namespaces use.
 controller = ControllerDeployment(
-    "controller", spec, cluster, cluster.vpc_id, oidc.role_arns, vault.mount_paths
+    "controller",
+    spec,
+    cluster,
+    cluster.vpc_id,
+    oidc.role_arns,
+    vault.mount_paths,
+    opts=pulumi.ResourceOptions(depends_on=[cilium.release]),
 )
 Observability("observability", spec, controller.role_name, cluster.provider)
 

@@ -14,6 +14,7 @@ from typing import Any
 import pulumi
 import pulumi_kubernetes as k8s
 
+from components import container_manifests
 from components.k8s_objects import Manifest, declare
 from controller.model import (
     CILIUM_STARTUP_TAINT,
@@ -37,6 +38,11 @@ NVIDIA_PLUGIN_REPO = "https://nvidia.github.io/k8s-device-plugin"
 NVIDIA_PLUGIN_VERSION = "0.17.4"
 ANNOTATION_MAX_RUNNERS = "runner-platform.io/max-runners"
 ANNOTATION_DAEMONSET_PODS = "runner-platform.io/daemonset-pods"
+ANNOTATION_PODS_PER_RUNNER = "runner-platform.io/pods-per-runner"
+# The EBS CSI driver's node plugin tolerates every taint: it runs on every node.
+EBS_CSI_NODE = "ebs-csi-node"
+POOL_KIND_LABEL = "runner-platform.io/pool-kind"
+POOL_OWNER_LABEL = "runner-platform.io/owner"
 
 _PROFILE_REQUIREMENTS: dict[str, list[dict[str, Any]]] = {
     "general": [
@@ -59,15 +65,25 @@ def daemonset_pods(spec: PlatformSpec, pool: Pool) -> list[str]:
     names = ["kube-proxy", "cilium", "cilium-envoy"]
     if spec.cluster.cilium_mode == "chaining":
         names.insert(0, "aws-node")  # VPC CNI stays the IPAM in chaining mode
-    if pool.warm_nodes > 0:
+    if container_manifests.ebs_pools(spec):
+        names.append(EBS_CSI_NODE)
+    if prepulls(pool):
         names.append(prepull_name(pool))
     if pool.profile == "gpu":
         names.append(NVIDIA_PLUGIN_CHART)
     return names
 
 
+def prepulls(pool: Pool) -> bool:
+    """Warm pools, and pools with a tool cache, pull their images onto each new node."""
+    return pool.warm_nodes > 0 or pool.tool_cache is not None
+
+
 def max_pods(spec: PlatformSpec, pool: Pool) -> int:
-    return pool.max_runners_per_node + len(daemonset_pods(spec, pool))
+    """Runners per node, each with room for its job and step pods where the pool has
+    container hooks, plus the DaemonSets."""
+    runner_pods = pool.max_runners_per_node * spec.pods_per_runner(pool.name)
+    return runner_pods + len(daemonset_pods(spec, pool))
 
 
 def tolerations(pool: Pool) -> list[dict[str, str]]:
@@ -122,6 +138,7 @@ def ec2_node_class(spec: PlatformSpec, pool: Pool, node_role: Any) -> Manifest:
             "annotations": {
                 ANNOTATION_MAX_RUNNERS: str(pool.max_runners_per_node),
                 ANNOTATION_DAEMONSET_PODS: str(len(daemonset_pods(spec, pool))),
+                ANNOTATION_PODS_PER_RUNNER: str(spec.pods_per_runner(pool.name)),
             },
         },
         "spec": {
@@ -199,10 +216,15 @@ def node_pool(spec: PlatformSpec, pool: Pool) -> Manifest:
     }
     if pool.weight is not None:
         body["weight"] = pool.weight
+    # The policy pack tells shared from isolated pools by these labels (a privileged
+    # runner container is allowed only on a pool isolated for the runner's team).
+    labels: dict[str, str] = {POOL_KIND_LABEL: pool.kind}
+    if pool.owner is not None:
+        labels[POOL_OWNER_LABEL] = pool.owner
     return {
         "apiVersion": "karpenter.sh/v1",
         "kind": "NodePool",
-        "metadata": {"name": pool.name},
+        "metadata": {"name": pool.name, "labels": labels},
         "spec": body,
     }
 
@@ -317,9 +339,25 @@ def prepull_name(pool: Pool) -> str:
     return f"prepull-{pool.name}"
 
 
+def prepull_images(spec: PlatformSpec, pool: Pool) -> list[str]:
+    """Every image a runner on the pool starts with: the runner (it carries the container
+    hooks), the buildkit and dind sidecars its teams use there, the tool cache."""
+    images: set[str] = set()
+    for team in spec.teams_on_pool(pool.name):
+        images.add(team.runner_image)
+        mode = team.mode_on(pool.name)
+        if mode == "buildkit":
+            images.add(team.buildkit_image)
+        elif mode == "dind":
+            images.add(team.dind_image)
+    if pool.tool_cache is not None:
+        images.add(pool.tool_cache.image)
+    return sorted(images)
+
+
 def prepull_daemonset(spec: PlatformSpec, pool: Pool) -> Manifest:
-    """Pull every runner image of the pool's teams onto each node as it joins."""
-    images = sorted({team.runner_image for team in spec.teams_on_pool(pool.name)})
+    """Pull every image of :func:`prepull_images` onto each node as it joins."""
+    images = prepull_images(spec, pool)
     labels = {"app.kubernetes.io/name": "image-prepull", POOL_LABEL: pool.name}
     tiny = {"requests": {"cpu": "5m", "memory": "16Mi"}, "limits": {"memory": "64Mi"}}
     return {
@@ -374,7 +412,9 @@ def nvidia_plugin_values(spec: PlatformSpec) -> dict[str, Any]:
 def pool_objects(spec: PlatformSpec, pool: Pool, node_role: Any) -> list[Manifest]:
     objects = [ec2_node_class(spec, pool, node_role), node_pool(spec, pool)]
     if pool.warm_nodes > 0:
-        objects += [placeholder_deployment(spec, pool), prepull_daemonset(spec, pool)]
+        objects.append(placeholder_deployment(spec, pool))
+    if prepulls(pool):
+        objects.append(prepull_daemonset(spec, pool))
     return objects
 
 
@@ -397,8 +437,10 @@ class NodePools(pulumi.ComponentResource):
         # Every stack runs runner pods, warm pools or not.
         declare(runner_priority_class(), after)
         warm: list[pulumi.Resource] = []
+        if any(prepulls(pool) for pool in spec.pools):
+            warm = [declare(warm_namespace(), after)]
         if any(pool.warm_nodes for pool in spec.pools):
-            warm = [declare(warm_namespace(), after), declare(placeholder_priority_class(), after)]
+            warm.append(declare(placeholder_priority_class(), after))
         for pool in spec.pools:
             for manifest in pool_objects(spec, pool, node_role_name):
                 needs_warm = manifest["kind"] in ("Deployment", "DaemonSet")

@@ -13,9 +13,12 @@ from typing import Any
 
 from pulumi_policy import (
     PolicyCustomTimeouts,
+    PolicyResource,
     PolicyResourceOptions,
     ResourceValidationArgs,
     ResourceValidationPolicy,
+    StackValidationArgs,
+    StackValidationPolicy,
 )
 
 from policies.rules import ALL_POLICIES
@@ -29,13 +32,8 @@ class Violation:
     message: str
 
 
-def validation_args(
-    resource_type: str,
-    name: str,
-    props: Mapping[str, Any],
-    config: Mapping[str, Any] | None = None,
-) -> ResourceValidationArgs:
-    opts = PolicyResourceOptions(
+def _options() -> PolicyResourceOptions:
+    return PolicyResourceOptions(
         protect=False,
         ignore_changes=[],
         delete_before_replace=None,
@@ -44,8 +42,39 @@ def validation_args(
         additional_secret_outputs=[],
         parent=None,
     )
-    urn = f"urn:pulumi:plan::runner-platform::{resource_type}::{name}"
-    return ResourceValidationArgs(resource_type, props, urn, name, opts, None, config)
+
+
+def _urn(resource_type: str, name: str) -> str:
+    return f"urn:pulumi:plan::runner-platform::{resource_type}::{name}"
+
+
+def validation_args(
+    resource_type: str,
+    name: str,
+    props: Mapping[str, Any],
+    config: Mapping[str, Any] | None = None,
+) -> ResourceValidationArgs:
+    urn = _urn(resource_type, name)
+    return ResourceValidationArgs(resource_type, props, urn, name, _options(), None, config)
+
+
+def check_stack(
+    policy: StackValidationPolicy,
+    resources: Iterable[tuple[str, str, Mapping[str, Any]]],
+    config: Mapping[str, Any] | None = None,
+) -> list[str]:
+    """Messages a stack ``policy`` reports over ``(type, name, props)`` triples."""
+    messages: list[str] = []
+
+    def report(message: str, urn: str | None = None) -> None:
+        messages.append(message)
+
+    declared = [
+        PolicyResource(kind, props, _urn(kind, name), name, _options(), None, None, [], {})
+        for kind, name, props in resources
+    ]
+    policy.validate(StackValidationArgs(declared, config), report)
+    return messages
 
 
 def check(
@@ -71,7 +100,12 @@ def evaluate(
 ) -> list[Violation]:
     """Every violation of every pack policy over ``(type, name, props)`` triples."""
     config = config or {}
+    resources = list(resources)
     violations = []
+    for policy in ALL_POLICIES:
+        if isinstance(policy, StackValidationPolicy):
+            for message in check_stack(policy, resources, config.get(policy.name)):
+                violations.append(Violation(policy.name, "stack", "*", message))
     for resource_type, name, props in resources:
         for policy in ALL_POLICIES:
             if not isinstance(policy, ResourceValidationPolicy):

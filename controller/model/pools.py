@@ -18,6 +18,7 @@ from controller.model.base import (
     Frozen,
     Quantity,
 )
+from controller.model.containers import ToolCache, WorkVolume, default_work_class
 
 
 class Taint(Frozen):
@@ -88,6 +89,10 @@ class Pool(Frozen):
     """Karpenter disruption settings."""
     weight: int | None = Field(default=None, ge=1, le=100)
     """NodePool weight when several pools fit a pod."""
+    work_volume: WorkVolume = WorkVolume()
+    """Work volume of runners in the kubernetes and buildkit container modes."""
+    tool_cache: ToolCache | None = None
+    """A read-only tool cache runners on this pool mount (pre-pulled on the nodes)."""
 
     @model_validator(mode="after")
     def _kind_rules(self) -> Pool:
@@ -115,6 +120,11 @@ class Pool(Frozen):
         if self.instance_store_raid0 is None:
             return self.profile == "nvme"
         return self.instance_store_raid0
+
+    @property
+    def work_storage_class(self) -> str:
+        """StorageClass of work volumes here: the pool's own, else gp3 or the instance store."""
+        return self.work_volume.storage_class or default_work_class(self.raid0)
 
     @property
     def dedicated(self) -> bool:

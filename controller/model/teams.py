@@ -22,6 +22,7 @@ from controller.model.base import (
     RunnerLabel,
     TeamSlug,
 )
+from controller.model.containers import BUILDKIT_IMAGE, DIND_IMAGE, ContainerMode
 
 
 class RunnerResources(Frozen):
@@ -95,6 +96,19 @@ class Team(Frozen):
     """IAM policies attached to github-runner-<team>-role."""
     session_duration_seconds: int = Field(default=MAX_SESSION_SECONDS, ge=900, le=3600)
     """Maximum AWS session, 900 to 3600 seconds."""
+    container_mode: ContainerMode = "kubernetes"
+    """Container jobs and builds on pools not in container_modes (docs/containers.md)."""
+    container_modes: dict[DnsLabel, ContainerMode] = Field(default_factory=dict)
+    """Container mode per pool of the team; 'dind' only on an isolated pool it owns."""
+    require_job_container: bool = True
+    """Refuse jobs without 'container:' in the hook modes (job code never runs beside the
+    runner's API token)."""
+    job_resources: RunnerResources = RunnerResources()
+    """Requests (and memory limit) of the job container the hooks start."""
+    buildkit_image: str = Field(default=BUILDKIT_IMAGE, min_length=3)
+    """Rootless BuildKit image of the buildkit mode's sidecar."""
+    dind_image: str = Field(default=DIND_IMAGE, min_length=3)
+    """Docker-in-Docker image of the dind mode's sidecar."""
 
     @model_validator(mode="before")
     @classmethod
@@ -120,6 +134,10 @@ class Team(Frozen):
         if len(set(self.pools)) != len(self.pools):
             raise ValueError("pools: a pool is listed twice")
         return self
+
+    def mode_on(self, pool_name: str) -> ContainerMode:
+        """The container mode of the team's runners on ``pool_name``."""
+        return self.container_modes.get(pool_name, self.container_mode)
 
     @property
     def role_name(self) -> str:

@@ -8,8 +8,10 @@ yet (a preview of a computed value) as something they cannot judge, not as a pas
 from pulumi_policy import Policy
 
 from policies.rules.iam import github_oidc_trust, no_iam_users, role_session_limit
+from policies.rules.images import images_not_latest, production_images_by_digest
 from policies.rules.karpenter import nodeclass_runner_cap, nodepool_limits
 from policies.rules.network import cilium_encryption, eks_endpoint_not_open
+from policies.rules.runner_pods import privileged_runner_on_shared_pool, runner_pod_host_access
 from policies.rules.vault import vault_token_ttl
 
 ALL_POLICIES: list[Policy] = [
@@ -21,4 +23,8 @@ ALL_POLICIES: list[Policy] = [
     cilium_encryption,
     eks_endpoint_not_open,
     vault_token_ttl,
+    images_not_latest,
+    production_images_by_digest,
+    runner_pod_host_access,
+    privileged_runner_on_shared_pool,
 ]

@@ -17,6 +17,10 @@ NODE_CLASS = "kubernetes:karpenter.k8s.aws/v1:EC2NodeClass"
 MAX_RUNNERS = 10
 ANNOTATION_MAX_RUNNERS = "runner-platform.io/max-runners"
 ANNOTATION_DAEMONSET_PODS = "runner-platform.io/daemonset-pods"
+ANNOTATION_PODS_PER_RUNNER = "runner-platform.io/pods-per-runner"
+# A runner of the container-hook modes shares its node with its job pod and one
+# container-step pod (docs/adr/0006-container-modes.md).
+MAX_PODS_PER_RUNNER = 3
 
 
 def _validate_limits(args: ResourceValidationArgs, report: ReportViolation) -> None:
@@ -53,6 +57,7 @@ def _validate_node_class(args: ResourceValidationArgs, report: ReportViolation) 
             daemonsets = int(annotations.get(ANNOTATION_DAEMONSET_PODS, allowance))
             runners = annotations.get(ANNOTATION_MAX_RUNNERS)
             runners = None if runners is None else int(runners)
+            per_runner = int(annotations.get(ANNOTATION_PODS_PER_RUNNER, 1))
         except (TypeError, ValueError):
             report("EC2NodeClass runner-platform.io annotations are not integers", None)
             return
@@ -60,10 +65,18 @@ def _validate_node_class(args: ResourceValidationArgs, report: ReportViolation) 
             report(f"{daemonsets} DaemonSet pods declared; the allowance is {allowance}", None)
         if runners is not None and runners > MAX_RUNNERS:
             report(f"{runners} runners per node; at most {MAX_RUNNERS}", None)
-        cap = MAX_RUNNERS + min(daemonsets, allowance)
+        if not 1 <= per_runner <= MAX_PODS_PER_RUNNER:
+            report(f"{per_runner} pods per runner; 1 to {MAX_PODS_PER_RUNNER}", None)
+            per_runner = 1
+        cap = MAX_RUNNERS * per_runner + min(daemonsets, allowance)
         if max_pods > cap:
+            runner_pods = (
+                f"{MAX_RUNNERS} runners"
+                if per_runner == 1
+                else f"{MAX_RUNNERS} runners x {per_runner} pods"
+            )
             report(
-                f"kubelet.maxPods is {max_pods}; at most {MAX_RUNNERS} runners + "
+                f"kubelet.maxPods is {max_pods}; at most {runner_pods} + "
                 f"{min(daemonsets, allowance)} DaemonSet pods",
                 None,
             )

@@ -70,6 +70,9 @@ def small_spec(suffix: str) -> PlatformSpec:
                     "repositories": [f"acme-{suffix}/site"],
                     "pools": [general, gpu, nvme],
                     "max_runners": 10,
+                    # Plain runners: these tests place runner pods alone (no work volume to
+                    # provision, one pod per runner). Container modes have their own tests.
+                    "container_mode": "none",
                 }
             ],
             "controller": {

@@ -61,7 +61,8 @@ def test_one_node_pool_and_node_class_per_pool(dev_run: RecordingMocks) -> None:
     pools = _by_metadata_name(dev_run, "kubernetes:karpenter.sh/v1:NodePool")
     classes = _by_metadata_name(dev_run, "kubernetes:karpenter.k8s.aws/v1:EC2NodeClass")
     assert set(pools) == set(classes) == {"warm", "ml-isolated", "gpu", "highmem", "nvme"}
-    assert classes["gpu"]["spec"]["kubelet"]["maxPods"] == 9
+    # 4 runners, each with room for a job and a step pod (container hooks), + 6 DaemonSets.
+    assert classes["gpu"]["spec"]["kubelet"]["maxPods"] == 18
     assert classes["warm"]["spec"]["role"] == "KarpenterNodeRole-runners-dev"
 
 
@@ -69,7 +70,8 @@ def test_warm_pool_has_placeholders_and_prepull(dev_run: RecordingMocks) -> None
     deployments = _by_metadata_name(dev_run, "kubernetes:apps/v1:Deployment")
     daemonsets = _by_metadata_name(dev_run, "kubernetes:apps/v1:DaemonSet")
     assert deployments["placeholder-warm"]["spec"]["replicas"] == 2
-    assert set(daemonsets) == {"prepull-warm"}
+    # ml's isolated pool pulls its dind and tool-cache images onto each new node.
+    assert set(daemonsets) == {"prepull-warm", "prepull-ml-isolated"}
     assert set(_by_metadata_name(dev_run, "kubernetes:scheduling.k8s.io/v1:PriorityClass")) == {
         "runner-platform-placeholder",
         "runner-platform-runner",
@@ -95,6 +97,8 @@ def test_cilium_release_encrypts_with_wireguard(dev_run: RecordingMocks) -> None
         "cilium",
         "oci://public.ecr.aws/karpenter/karpenter",
         "nvidia-device-plugin",
+        # web's buildkit runners keep their work volumes on the NVMe pool's instance store.
+        "localpv-provisioner",
     }
     assert releases["cilium"]["values"]["encryption"] == {"enabled": True, "type": "wireguard"}
     karpenter = releases["oci://public.ecr.aws/karpenter/karpenter"]["values"]["settings"]

@@ -337,3 +337,23 @@ def test_two_teams_on_two_pools_cannot_share_a_scale_set_name(
         "teams[2].pools[1]: scale set name 'web-nvme-x' is also team 'web' on pool 'nvme-x'; "
         "rename the team or the pool"
     ]
+
+
+def test_two_teams_cannot_share_a_runner_group(dev_document: dict[str, Any]) -> None:
+    # GitHub gives a job to any idle runner of the group whose labels match: a shared group
+    # would hand one team's jobs to the other's runners (and pools, and identity).
+    intruder = {
+        **dev_document["teams"][0],
+        "name": "intruder",
+        "repositories": ["acme-corp/intruder"],
+        "runner_group": "WEB",
+        "pools": ["warm"],
+        "container_modes": {},
+    }
+    dev_document["teams"].append(intruder)
+    with pytest.raises(SpecError) as caught:
+        load_spec(dev_document)
+    assert caught.value.problems == [
+        "teams[3].runner_group: 'WEB' is also team 'web''s runner group in acme-corp; "
+        "each team needs its own"
+    ]

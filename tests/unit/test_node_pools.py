@@ -16,19 +16,41 @@ def test_max_pods_is_runners_plus_the_daemonsets_on_that_pool(dev_spec: Platform
         "kube-proxy",
         "cilium",
         "cilium-envoy",
+        "ebs-csi-node",
         "prepull-warm",
     ]
-    assert np.max_pods(dev_spec, dev_spec.pool("warm")) == 10 + 5
-    assert np.max_pods(dev_spec, dev_spec.pool("ml-isolated")) == 10 + 4
+    # Container hooks on the pool: room for each runner's job pod and step pod.
+    assert np.max_pods(dev_spec, dev_spec.pool("warm")) == 10 * 3 + 6
+    # ml-isolated runs dind only, highmem plain runners: one pod per runner.
+    assert np.max_pods(dev_spec, dev_spec.pool("ml-isolated")) == 10 + 6
+    assert np.max_pods(dev_spec, dev_spec.pool("highmem")) == 4 + 5
     assert np.daemonset_pods(dev_spec, dev_spec.pool("gpu"))[-1] == "nvidia-device-plugin"
-    assert np.max_pods(dev_spec, dev_spec.pool("gpu")) == 4 + 5
+    assert np.max_pods(dev_spec, dev_spec.pool("gpu")) == 4 * 3 + 6
+
+
+def test_a_pool_without_container_hooks_keeps_one_pod_per_runner(
+    dev_document: dict[str, Any],
+) -> None:
+    for team in dev_document["teams"]:
+        team["container_mode"] = "none"
+        team["container_modes"] = {}
+    spec = load_spec(dev_document)
+    # No work volumes anywhere: no EBS CSI node plugin to count either.
+    assert np.daemonset_pods(spec, spec.pool("warm")) == [
+        "aws-node",
+        "kube-proxy",
+        "cilium",
+        "cilium-envoy",
+        "prepull-warm",
+    ]
+    assert np.max_pods(spec, spec.pool("warm")) == 10 + 5
 
 
 def test_eni_mode_does_not_count_the_vpc_cni(dev_document: dict[str, Any]) -> None:
     dev_document["cluster"]["cilium_mode"] = "eni"
     spec = load_spec(dev_document)
     assert "aws-node" not in np.daemonset_pods(spec, spec.pool("highmem"))
-    assert np.max_pods(spec, spec.pool("highmem")) == 4 + 3
+    assert np.max_pods(spec, spec.pool("highmem")) == 4 + 4
 
 
 def test_node_class_blocks_pod_access_to_instance_metadata(dev_spec: PlatformSpec) -> None:
@@ -38,10 +60,11 @@ def test_node_class_blocks_pod_access_to_instance_metadata(dev_spec: PlatformSpe
     assert spec["metadataOptions"]["httpTokens"] == "required"
     assert spec["amiSelectorTerms"] == [{"alias": "al2023@latest"}]
     assert spec["blockDeviceMappings"][0]["ebs"]["volumeType"] == "gp3"
-    assert spec["kubelet"] == {"maxPods": 15}
+    assert spec["kubelet"] == {"maxPods": 36}
     assert node_class["metadata"]["annotations"] == {
         "runner-platform.io/max-runners": "10",
-        "runner-platform.io/daemonset-pods": "5",
+        "runner-platform.io/daemonset-pods": "6",
+        "runner-platform.io/pods-per-runner": "3",
     }
     assert "instanceStorePolicy" not in spec
 
@@ -116,6 +139,23 @@ def test_runner_priority_class_preempts_the_placeholders() -> None:
     assert runner["globalDefault"] is False
     # Below system-cluster-critical, so system pods keep their precedence.
     assert 0 < runner["value"] < 2_000_000_000
+
+
+def test_prepull_covers_hook_and_sidecar_images_and_the_tool_cache(dev_spec: PlatformSpec) -> None:
+    # ml's dind sidecar and tool cache go to its isolated pool's nodes, which are not warm
+    # but pull its images as they join; the runner image carries the container hooks.
+    assert np.prepull_images(dev_spec, dev_spec.pool("ml-isolated")) == [
+        "docker.io/library/docker:28.5.1-dind",
+        "ghcr.io/acme/hostedtoolcache:2025.10",
+        "ghcr.io/actions/actions-runner:2.329.0",
+    ]
+    kinds = [m["kind"] for m in np.pool_objects(dev_spec, dev_spec.pool("ml-isolated"), "r")]
+    assert kinds == ["EC2NodeClass", "NodePool", "DaemonSet"]
+    assert "prepull-ml-isolated" in np.daemonset_pods(dev_spec, dev_spec.pool("ml-isolated"))
+    assert np.prepull_images(dev_spec, dev_spec.pool("nvme")) == [
+        "docker.io/moby/buildkit:v0.25.1-rootless",
+        "ghcr.io/actions/actions-runner:2.329.0",
+    ]
 
 
 def test_prepull_pulls_each_runner_image_of_the_pool_once(dev_document: dict[str, Any]) -> None:

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from components import controller_manifests, node_pools
-from controller.model import PlatformSpec, RuntimeFacts, ScaleSet
+from controller.model import PlatformSpec, RuntimeFacts, ScaleSet, load_spec
 from controller.provision import pod as rp
 from controller.quantity import parse_duration
 
@@ -52,6 +52,9 @@ def test_pod_is_labelled_for_its_team_pool_and_instance(
             "runner-platform.io/pool": "warm",
             "runner-platform.io/scale-set": "web-warm",
             "runner-platform.io/instance": "cloud",
+            "runner-platform.io/container-mode": "kubernetes",
+            # 42 % 10: one runner per slot per node (tests/unit/test_container_modes.py)
+            "runner-platform.io/slot": "2",
         },
         "annotations": {
             "karpenter.sh/do-not-disrupt": "true",
@@ -63,9 +66,10 @@ def test_pod_is_labelled_for_its_team_pool_and_instance(
 def test_pod_is_single_use_tokenless_and_bounded_in_time(
     dev_spec: PlatformSpec, facts: RuntimeFacts
 ) -> None:
-    spec = _pod(dev_spec, facts, "web-warm")["spec"]
+    # ml runs plain runners ("none") on highmem: no container hooks, so no API token.
+    spec = _pod(dev_spec, facts, "ml-highmem")["spec"]
     assert spec["restartPolicy"] == "Never"
-    # web keeps the default 360-minute job timeout, plus the idle allowance.
+    # ml keeps the default 360-minute job timeout, plus the idle allowance.
     assert spec["activeDeadlineSeconds"] == 360 * 60 + rp.IDLE_ALLOWANCE_SECONDS
     assert 0 < spec["terminationGracePeriodSeconds"] <= 120
     assert spec["serviceAccountName"] == "runner"
@@ -85,22 +89,23 @@ def test_pod_is_single_use_tokenless_and_bounded_in_time(
 def test_runner_container_runs_the_team_image_with_its_jit_config_and_job_settings(
     dev_spec: PlatformSpec, facts: RuntimeFacts
 ) -> None:
-    (container,) = _pod(dev_spec, facts, "web-warm")["spec"]["containers"]
+    (container,) = _pod(dev_spec, facts, "infra-warm")["spec"]["containers"]
     assert container["name"] == "runner"
     assert container["image"] == "ghcr.io/actions/actions-runner:2.329.0"
     assert container["command"] == ["/home/runner/run.sh"]
-    assert container["env"] == [
+    # The job settings first; the container hooks' settings follow (test_container_modes).
+    assert container["env"][:9] == [
         {
             "name": "ACTIONS_RUNNER_INPUT_JITCONFIG",
-            "valueFrom": {"secretKeyRef": {"name": "web-warm-r1", "key": "jitconfig"}},
+            "valueFrom": {"secretKeyRef": {"name": "infra-warm-r1", "key": "jitconfig"}},
         },
-        {"name": "RUNNER_PLATFORM_AWS_ROLE_ARN", "value": ARNS["web"]},
+        {"name": "RUNNER_PLATFORM_AWS_ROLE_ARN", "value": ARNS["infra"]},
         {"name": "AWS_REGION", "value": "us-west-2"},
         {"name": "VAULT_ADDR", "value": "https://vault.acme.internal:8200"},
-        {"name": "RUNNER_PLATFORM_VAULT_MOUNT", "value": "jwt-cloud"},
-        {"name": "RUNNER_PLATFORM_VAULT_ROLE", "value": "web"},
+        {"name": "RUNNER_PLATFORM_VAULT_MOUNT", "value": "jwt-ghes"},
+        {"name": "RUNNER_PLATFORM_VAULT_ROLE", "value": "infra"},
         {"name": "RUNNER_PLATFORM_VAULT_AUDIENCE", "value": "runner-platform-vault"},
-        {"name": "RUNNER_PLATFORM_TEAM", "value": "web"},
+        {"name": "RUNNER_PLATFORM_TEAM", "value": "infra"},
         {"name": "RUNNER_PLATFORM_POOL", "value": "warm"},
     ]
     assert container["securityContext"] == {
@@ -129,7 +134,7 @@ def test_env_names_are_the_ones_the_credential_helper_reads(
 def test_resources_follow_the_team_without_a_cpu_limit(
     dev_spec: PlatformSpec, facts: RuntimeFacts
 ) -> None:
-    pod = _pod(dev_spec, facts, "ml-ml-isolated")["spec"]
+    pod = _pod(dev_spec, facts, "ml-highmem")["spec"]
     (container,) = pod["containers"]
     assert container["resources"] == {
         "requests": {"cpu": "4", "memory": "16Gi", "ephemeral-storage": "50Gi"},
@@ -140,8 +145,12 @@ def test_resources_follow_the_team_without_a_cpu_limit(
 
 
 def test_gpu_pod_requests_its_gpus_and_tolerates_the_gpu_taints(
-    dev_spec: PlatformSpec, facts: RuntimeFacts
+    dev_document: dict[str, Any], facts: RuntimeFacts
 ) -> None:
+    # A plain runner runs its job itself and asks for the GPUs; in the hook modes its job
+    # pod does (tests/unit/test_container_modes.py).
+    dev_document["teams"][1]["container_modes"]["gpu"] = "none"
+    dev_spec = load_spec(dev_document)
     pod = _pod(dev_spec, facts, "ml-gpu")["spec"]
     resources = pod["containers"][0]["resources"]
     assert resources["requests"]["nvidia.com/gpu"] == resources["limits"]["nvidia.com/gpu"] == "1"
