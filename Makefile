@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | sha256s
 STACK ?= dev
 
 .PHONY: setup plan check lint typecheck contracts test schema docs clean k8s-bins localenv-deps \
-	bench bench-ingest bench-verifier bench-oidc
+	bench bench-ingest bench-verifier bench-oidc bench-provision
 
 $(STAMP): pyproject.toml constraints.txt
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python >= 3.11 is required")'
@@ -49,9 +49,42 @@ localenv-deps: ## Debian packages the local environment runs (redis-server, post
 test: $(STAMP) localenv-deps k8s-bins
 	$(VENV)/bin/pytest
 
+# The shipping tests (wheel, image, release workflow) need these too: listed apart so the
+# rule above stays as it is.
+test: image-base actionlint
+
+.PHONY: image-deps image-base image dist actionlint
+
+image-deps: ## Debian packages the image test uses (podman, buildah, runc, debootstrap)
+	@missing=""; for tool in podman buildah runc debootstrap; do \
+	  command -v $$tool >/dev/null || missing="$$missing $$tool"; done; \
+	  if [ -n "$$missing" ]; then \
+	    if [ "$$(id -u)" = 0 ]; then \
+	      apt-get install -y --no-install-recommends $$missing >/dev/null 2>&1 || \
+	      { apt-get update >/dev/null && apt-get install -y --no-install-recommends $$missing; }; \
+	    else echo "missing Debian packages:$$missing (sudo apt-get install$$missing)" >&2; exit 1; fi; \
+	  fi
+
+image-base: $(STAMP) image-deps ## Debian base images (debootstrap) and runtime wheels, cached
+	@$(PY) -m localenv.image prepare >/dev/null
+
+image: $(STAMP) image-base ## Build the controller image locally with podman, offline
+	$(PY) -m localenv.image build
+
+dist: $(STAMP) ## The sdist and the wheel, in dist/
+	$(PY) -m build
+
+actionlint: ## actionlint from its Go module (cached) and Debian shellcheck for run: scripts
+	@command -v shellcheck >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    apt-get install -y --no-install-recommends shellcheck >/dev/null 2>&1 || \
+	    { apt-get update >/dev/null && apt-get install -y --no-install-recommends shellcheck; }; \
+	  else echo "missing Debian package: shellcheck (sudo apt-get install shellcheck)" >&2; exit 1; fi; }
+	@bash localenv/build-actionlint.sh >/dev/null
+
 check: lint typecheck contracts test ## Everything CI runs: lint, types, layers, tests
 
-bench: bench-ingest bench-verifier bench-oidc ## All benchmarks; figures in bench/results/*.json
+bench: bench-ingest bench-verifier bench-oidc bench-provision ## All benchmarks; figures in bench/results/*.json
 
 bench-ingest: $(STAMP) localenv-deps ## Durable deliveries/s on one core, p50/p99 at 2,000/s
 	$(PY) bench/ingest.py
@@ -61,6 +94,9 @@ bench-verifier: $(STAMP) localenv-deps ## Verifier cache-hit latency and API cal
 
 bench-oidc: $(STAMP) ## GitHub OIDC validations/s with a warm JWKS cache, one core
 	$(PY) bench/oidc.py
+
+bench-provision: $(STAMP) localenv-deps k8s-bins ## Pod Provisioner on a real API server: burst, steady, clean-up, memory (~10 min)
+	$(PY) bench/provision.py
 
 schema: $(STAMP) ## Regenerate the JSON Schema of the stack config
 	$(PY) -m controller.schema json > docs/schema/platform-spec.schema.json

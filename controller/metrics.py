@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from controller.version import PYTHON_VERSION, VERSION
+
 # Job latencies from queued to created, running and busy: from a warm idle runner (under
 # a second) to a cold GPU node (minutes). histogram_quantile interpolates linearly inside
 # a bucket, so P50, P95 and P99 are only as good as the bucket around them: steps of at
@@ -24,6 +26,14 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
+        # Always 1; the labels say what runs (the Prometheus convention for build info).
+        self.build_info = Gauge(
+            "runner_platform_build_info",
+            "The controller's version and Python version.",
+            ["version", "python"],
+            registry=r,
+        )
+        self.build_info.labels(VERSION, PYTHON_VERSION).set(1)
         self.deliveries = Counter(
             "runner_platform_webhook_deliveries_total",
             "Webhook deliveries by instance, event and decision.",

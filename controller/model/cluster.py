@@ -10,6 +10,7 @@ from pydantic import (
 )
 
 from controller.model.base import MAX_VAULT_TTL_SECONDS, Cidr, DnsLabel, Frozen, HostName
+from controller.model.images import Environment
 
 
 class VpcSettings(Frozen):
@@ -79,6 +80,9 @@ class SystemNodes(Frozen):
 class ClusterSettings(Frozen):
     name: DnsLabel
     """EKS cluster name (also the Karpenter discovery tag)."""
+    environment: Environment = "dev"
+    """'dev', 'staging' or 'production'. Beyond dev the controller image is taken by
+    digest; production takes every runner image by digest too."""
     kubernetes_version: str = Field(default="1.34", pattern=r"^1\.(3[0-9])$")
     """Kubernetes minor version (1.30 to 1.39)."""
     region: str = Field(pattern=r"^[a-z]{2}(-gov|-iso[a-z]?)?-[a-z]+-\d$")
