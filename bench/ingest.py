@@ -213,6 +213,8 @@ def main() -> int:
         "RUNNER_PLATFORM_HOST": "127.0.0.1",
         "RUNNER_PLATFORM_PORT": str(port),
         "RUNNER_PLATFORM_LOG_LEVEL": "WARNING",
+        # No listener takes jobs here: the backlog bound would turn stores into 503s.
+        "RUNNER_PLATFORM_QUEUE_BOUND": str(10 * (args.count + args.rate * args.seconds)),
     }
     cpu0 = ["taskset", "-c", "0"] if os.cpu_count() and os.cpu_count() > 1 else []  # type: ignore[operator]
     subprocess.run(

@@ -26,7 +26,8 @@ GITHUB_BUDGET = "runner_platform_github_rate_limit_remaining"
 
 
 def alert_rules(spec: PlatformSpec) -> list[dict[str, Any]]:
-    """The four alerts of DESIGN.md §3, thresholds from the spec."""
+    """The four alerts of DESIGN.md §3, thresholds from the spec, and the router's
+    refusal of a full queue."""
     obs = spec.observability
     return [
         {
@@ -64,6 +65,20 @@ def alert_rules(spec: PlatformSpec) -> list[dict[str, Any]]:
             "annotations": {
                 "summary": "More than "
                 f"{obs.spot_interruption_rate:.0%} of spot nodes interrupted in an hour"
+            },
+        },
+        {
+            # The router refuses rather than drop queued jobs (controller/ingest/store.py):
+            # a refusal means a scale set's backlog is at its bound and jobs wait on
+            # GitHub's redelivery.
+            "alert": "RunnerQueueFull",
+            "expr": "sum by (instance) (increase(runner_platform_webhook_deliveries_total"
+            '{decision="queue-full"}[5m])) > 0',
+            "for": "1m",
+            "labels": {"severity": "critical"},
+            "annotations": {
+                "summary": "Webhooks refused on {{ $labels.instance }}: a scale set's queue "
+                "is full (nothing is dropped; redeliver once it drains)"
             },
         },
         {

@@ -49,6 +49,7 @@ def _serve(settings: Settings) -> int:
         metrics=metrics,
         dedupe_ttl=settings.dedupe_ttl_seconds,
         audit_max=settings.audit_max_records,
+        queue_bound=settings.queue_bound,
         invalidate_membership=verifier.invalidate,
     )
     config = uvicorn.Config(

@@ -5,7 +5,8 @@ ControllerError
 │   ├── SignatureError        401: missing or wrong X-Hub-Signature-256
 │   ├── PayloadTooLarge       413: over the body limit
 │   ├── BadPayload            400: not JSON, or a workflow_job missing fields
-│   └── StorageUnavailable    503: Redis did not take it; GitHub may redeliver
+│   ├── StorageUnavailable    503: Redis did not take it; GitHub may redeliver
+│   └── QueueFull             503: the scale set's queue is at its bound; redeliver later
 └── GitHubError               the GitHub API failed us
     ├── GitHubUnavailable     network error or 5xx: verifier fails closed
     ├── RateLimited           primary or secondary limit; retry_after seconds
@@ -40,6 +41,10 @@ class BadPayload(IngestError):
 
 
 class StorageUnavailable(IngestError):
+    status = 503
+
+
+class QueueFull(IngestError):
     status = 503
 
 

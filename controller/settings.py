@@ -58,6 +58,8 @@ class Settings:
     """How long a negative answer is cached (RUNNER_PLATFORM_NEGATIVE_TTL)."""
     dedupe_ttl_seconds: int = 8 * 24 * 3600
     """How long delivery ids are remembered; GHES redelivers 7 days back (…_DEDUPE_TTL)."""
+    queue_bound: int = 100_000
+    """Jobs waiting per scale set before webhooks are answered 503 (…_QUEUE_BOUND)."""
     audit_max_records: int = 1_000_000
     """Approximate bound on the audit stream (RUNNER_PLATFORM_AUDIT_MAX)."""
     cancel_denied_runs: bool = True
@@ -106,6 +108,7 @@ class Settings:
             "member_ttl_seconds": "RUNNER_PLATFORM_MEMBER_TTL",
             "negative_ttl_seconds": "RUNNER_PLATFORM_NEGATIVE_TTL",
             "dedupe_ttl_seconds": "RUNNER_PLATFORM_DEDUPE_TTL",
+            "queue_bound": "RUNNER_PLATFORM_QUEUE_BOUND",
             "audit_max_records": "RUNNER_PLATFORM_AUDIT_MAX",
             "cancel_denied_runs": "RUNNER_PLATFORM_CANCEL_DENIED",
             "log_level": "RUNNER_PLATFORM_LOG_LEVEL",

@@ -18,11 +18,11 @@ import redis.asyncio as aioredis
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from controller.audit import AuditLog, AuditRecord, log_record
-from controller.errors import BadPayload, IngestError, PayloadTooLarge, SignatureError
+from controller.errors import BadPayload, IngestError, PayloadTooLarge, QueueFull, SignatureError
 from controller.ingest import signatures
 from controller.ingest.events import action_of, parse_workflow_job
 from controller.ingest.routing import Router
-from controller.ingest.store import IngestStore
+from controller.ingest.store import QUEUE_BOUND, IngestStore
 from controller.metrics import Metrics
 from controller.model import GitHubInstance, PlatformSpec
 
@@ -61,6 +61,7 @@ class WebhookApp:
         metrics: Metrics | None = None,
         dedupe_ttl: int = 8 * 24 * 3600,
         audit_max: int = 1_000_000,
+        queue_bound: int = QUEUE_BOUND,
         invalidate_membership: InvalidateMembership | None = None,
     ) -> None:
         missing = [i.name for i in spec.github_instances if i.name not in secrets]
@@ -72,7 +73,9 @@ class WebhookApp:
         self.redis = redis
         self.metrics = metrics or Metrics()
         self.router = Router(spec)
-        self.store = IngestStore(redis, dedupe_ttl=dedupe_ttl, audit_max=audit_max)
+        self.store = IngestStore(
+            redis, dedupe_ttl=dedupe_ttl, audit_max=audit_max, queue_bound=queue_bound
+        )
         self.audit = AuditLog(redis, audit_max)
         self.body_limit = spec.controller.webhook_body_limit_bytes
         self.invalidate_membership = invalidate_membership
@@ -160,7 +163,8 @@ class WebhookApp:
             status, body = await self._handle(instance, headers, event, delivery, audit, receive)
         except IngestError as error:
             status, body = error.status, {"error": error.reason}
-            audit.decision, audit.reason = "error", error.reason
+            decision = "queue-full" if isinstance(error, QueueFull) else "error"
+            audit.decision, audit.reason = decision, error.reason
             await self._audit_refusal(audit)
         except (aioredis.RedisError, OSError) as error:
             status, body = 503, {"error": "storage unavailable; redeliver later"}

@@ -17,9 +17,10 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from controller.audit import AUDIT_STREAM, AuditRecord
+from controller.errors import QueueFull
 from controller.streams import encode_entry, queue_key
 
-STREAM_MAXLEN = 100_000  # a backstop: listeners consume and acknowledge long before
+QUEUE_BOUND = 100_000  # jobs waiting per scale set before the router answers 503
 
 _SCRIPT = """
 local function duplicate()
@@ -34,7 +35,8 @@ if redis.call('EXISTS', KEYS[2]) == 1 then
   redis.call('SET', KEYS[1], '1', 'EX', ARGV[1])
   return duplicate()
 end
-local id = redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[2], '*', 'j', ARGV[5])
+if redis.call('XLEN', KEYS[3]) >= tonumber(ARGV[2]) then return 'full' end
+local id = redis.call('XADD', KEYS[3], '*', 'j', ARGV[5])
 redis.call('SET', KEYS[1], '1', 'EX', ARGV[1])
 redis.call('SET', KEYS[2], '1', 'EX', ARGV[1])
 redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[3], '*', 'r', ARGV[4])
@@ -49,8 +51,16 @@ class Stored:
 
 
 class IngestStore:
-    def __init__(self, redis: aioredis.Redis, *, dedupe_ttl: int, audit_max: int) -> None:
+    def __init__(
+        self,
+        redis: aioredis.Redis,
+        *,
+        dedupe_ttl: int,
+        audit_max: int,
+        queue_bound: int = QUEUE_BOUND,
+    ) -> None:
         self.redis = redis
+        self.queue_bound = queue_bound
         self.dedupe_ttl = dedupe_ttl
         self.audit_max = audit_max
         self._script = redis.register_script(_SCRIPT)
@@ -109,13 +119,17 @@ class IngestStore:
             ],
             [
                 self.dedupe_ttl,
-                STREAM_MAXLEN,
+                self.queue_bound,
                 self.audit_max,
                 audit.to_json(),
                 encode_entry(entry),
             ],
         )
         text = result.decode() if isinstance(result, bytes) else str(result)
+        if text == "full":
+            # Never trim past work nobody has taken (XADD MAXLEN would drop the oldest
+            # jobs silently): refuse, and GitHub shows the failure and can redeliver.
+            raise QueueFull(f"scale set {scale_set}'s queue is full; redeliver later")
         if text == "duplicate":
             audit.decision, audit.reason = "duplicate", "delivery or job action seen before"
             return Stored(True, None)

@@ -78,7 +78,7 @@ class Listener:
         fields: dict[FieldT, EncodableT] = {"j": encode_entry(job)}
         if job["action"] != "queued":
             await self.redis.xadd(events_key(self.scale_set.name), fields)
-            await self.redis.xack(self.stream, GROUP, entry_id)
+            await self._done(entry_id)
             return
         verdict = await self.verifier.verify(self.scale_set, job["sender"])
         record = AuditRecord(
@@ -106,7 +106,15 @@ class Listener:
             # Left queued, the denied job would take the next idle runner of the team's
             # group: not acknowledged, so the cancel is tried again after retry_after_ms.
             return
-        await self.redis.xack(self.stream, GROUP, entry_id)
+        await self._done(entry_id)
+
+    async def _done(self, entry_id: bytes) -> None:
+        """Acknowledge and delete: the queue's length is then the work not yet taken,
+        which is what the router's bound (QUEUE_BOUND) counts."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.xack(self.stream, GROUP, entry_id)
+            pipe.xdel(self.stream, entry_id)
+            await pipe.execute()
 
     async def _cancel(self, job: dict[str, Any]) -> bool:
         assert self.client is not None

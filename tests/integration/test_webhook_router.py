@@ -390,3 +390,26 @@ def test_event_names_from_senders_never_become_new_metric_series(http: httpx.Cli
     ]
     assert any('event="other"' in line for line in series)
     assert len(series) < 20
+
+
+def test_a_full_queue_is_refused_with_503_and_nothing_queued_is_dropped(
+    redis_server: Redis, store: redis_sync.Redis
+) -> None:
+    # A bound of 3 waiting jobs per scale set: the 4th is refused, the first 3 stay.
+    app = WebhookApp(dev_spec(), SECRETS, aioredis.Redis.from_url(redis_server.url), queue_bound=3)
+    server = ThreadedServer(app).start()
+    try:
+        with httpx.Client(base_url=server.url, timeout=10) as client:
+            statuses = []
+            for job_id in range(900, 905):
+                body = encode(job_payload(job_id=job_id))
+                statuses.append(post(client, body, signed(body)).status_code)
+            metrics = client.get("/metrics").text
+    finally:
+        server.stop()
+    assert statuses == [202, 202, 202, 503, 503]
+    waiting = [decode_entry(f)["job_id"] for _, f in store.xrange(queue_key("web-warm"))]
+    assert waiting == ["900", "901", "902"]  # the oldest are never trimmed away
+    assert last_audit(store)["decision"] == "queue-full"
+    assert "web-warm's queue is full" in last_audit(store)["reason"]
+    assert 'decision="queue-full"' in metrics

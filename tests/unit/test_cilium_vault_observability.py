@@ -90,7 +90,7 @@ def test_vault_roles_key_entities_by_repository(dev_spec: PlatformSpec) -> None:
     assert role["claimMappings"]["repository_id"] == "repository_id"
 
 
-def test_four_alerts_with_the_spec_thresholds(dev_document: dict[str, Any]) -> None:
+def test_the_alerts_with_the_spec_thresholds(dev_document: dict[str, Any]) -> None:
     dev_document["observability"] = {"pending_pod_minutes": 7, "job_failure_rate": 0.2}
     rules = {r["alert"]: r for r in observability.alert_rules(load_spec(dev_document))}
     assert set(rules) == {
@@ -98,7 +98,9 @@ def test_four_alerts_with_the_spec_thresholds(dev_document: dict[str, Any]) -> N
         "NodeProvisioningFailing",
         "SpotInterruptionRateHigh",
         "JobFailureRateHigh",
+        "RunnerQueueFull",
     }
+    assert 'decision="queue-full"' in rules["RunnerQueueFull"]["expr"]
     assert rules["RunnerPodPendingTooLong"]["for"] == "7m"
     assert rules["JobFailureRateHigh"]["expr"].endswith("> 0.2")
     assert rules["SpotInterruptionRateHigh"]["expr"].endswith("> 0.1")
