@@ -334,12 +334,15 @@ def resource_quota(spec: PlatformSpec, team: Team) -> Manifest:
     hard = {
         "pods": str(runners * pods_each),
         "requests.cpu": format_cpu(footprint["cpu"] * runners),
-        "requests.memory": format_memory(footprint["memory"] * runners),
-        "requests.ephemeral-storage": format_memory(footprint["ephemeral-storage"] * runners),
+        "requests.memory": format_memory(footprint["memory"] * runners, round_up=True),
+        "requests.ephemeral-storage": format_memory(
+            footprint["ephemeral-storage"] * runners, round_up=True
+        ),
     }
     if "storage" in footprint:
         hard["persistentvolumeclaims"] = str(runners)
-        hard["requests.storage"] = format_memory(footprint["storage"] * runners)
+        # Rounded up: a quota a whole Mi short refuses the team's last runner.
+        hard["requests.storage"] = format_memory(footprint["storage"] * runners, round_up=True)
     return {
         "apiVersion": "v1",
         "kind": "ResourceQuota",

@@ -8,7 +8,7 @@ Decimal keeps ``0.1 + 0.2`` honest; Kubernetes itself never uses floats here.
 from __future__ import annotations
 
 import re
-from decimal import Decimal
+from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
 
 _SUFFIXES: dict[str, Decimal] = {
     "": Decimal(1),
@@ -28,7 +28,7 @@ _DURATION = re.compile(r"^(?:(?P<h>\d+)h)?(?:(?P<m>\d+)m)?(?:(?P<s>\d+)s)?$")
 
 def parse_quantity(text: str) -> Decimal:
     """Return the value of a Kubernetes quantity in base units (cores or bytes)."""
-    match = _QUANTITY.match(text)
+    match = _QUANTITY.fullmatch(text)
     if match is None:
         raise ValueError(
             f"'{text}' is not a Kubernetes quantity (examples: '2', '500m', '4Gi', '512Mi')"
@@ -41,14 +41,16 @@ def format_cpu(cores: Decimal) -> str:
     return f"{int(cores * 1000)}m"
 
 
-def format_memory(num_bytes: Decimal) -> str:
-    """Render bytes as whole mebibytes (``"3072Mi"``), rounding down."""
-    return f"{int(num_bytes // (2**20))}Mi"
+def format_memory(num_bytes: Decimal, *, round_up: bool = False) -> str:
+    """Render bytes as whole mebibytes (``"3072Mi"``), rounding down (a request that must
+    fit) or, with ``round_up``, up (a limit that must hold it)."""
+    rounding = ROUND_CEILING if round_up else ROUND_FLOOR  # Decimal's // truncates
+    return f"{int((num_bytes / 2**20).to_integral_value(rounding=rounding))}Mi"
 
 
 def parse_duration(text: str) -> int:
     """Return the seconds in a Go-style duration of hours, minutes and seconds (``"1h30m"``)."""
-    match = _DURATION.match(text)
+    match = _DURATION.fullmatch(text)
     if not text or match is None:
         raise ValueError(f"'{text}' is not a duration (examples: '30s', '5m', '720h', '1h30m')")
     return int(match["h"] or 0) * 3600 + int(match["m"] or 0) * 60 + int(match["s"] or 0)

@@ -9,11 +9,40 @@ and paths, so those live here, beside the settings themselves.
 
 from __future__ import annotations
 
-from typing import Literal
+import posixpath
+from typing import Annotated, Literal
 
-from pydantic import Field
+from pydantic import AfterValidator, Field
 
 from controller.model.base import Frozen, Quantity
+from controller.quantity import parse_quantity
+
+# Directories of the runner and of the node the tool cache must not cover: mounted there
+# read-only it would hide the runner, its work folder or the hooks, or shadow the system.
+_RESERVED_PATHS = ("/home/runner", "/proc", "/sys", "/dev", "/var/run", "/run", "/etc")
+
+
+def _tool_cache_path(value: str) -> str:
+    if posixpath.normpath(value) != value or value == "/":
+        raise ValueError(f"'{value}' is not a plain absolute path (no '.', '..' or '//')")
+    for reserved in _RESERVED_PATHS:
+        if (
+            value == reserved
+            or value.startswith(f"{reserved}/")
+            or reserved.startswith(f"{value}/")
+        ):
+            raise ValueError(f"'{value}' would cover {reserved}: use a directory like /opt/…")
+    return value
+
+
+def _volume_size(value: str) -> str:
+    if not 2**30 <= parse_quantity(value) <= 64 * 2**40:
+        raise ValueError(f"'{value}' is not between 1Gi and 64Ti")
+    return value
+
+
+VolumeSize = Annotated[Quantity, AfterValidator(_volume_size)]
+ToolCachePath = Annotated[str, AfterValidator(_tool_cache_path)]
 
 ContainerMode = Literal["kubernetes", "buildkit", "dind", "none"]
 """How a runner serves ``container:``/``services:`` jobs and image builds (docs/containers.md)."""
@@ -72,8 +101,8 @@ class WorkVolume(Frozen):
             "on pools that stripe NVMe disks."
         ),
     )
-    size: Quantity = "50Gi"
-    """Size of each runner's work volume (kubernetes and buildkit modes)."""
+    size: VolumeSize = "50Gi"
+    """Size of each runner's work volume (kubernetes and buildkit modes), 1Gi to 64Ti."""
 
 
 class ToolCache(Frozen):
@@ -86,10 +115,10 @@ class ToolCache(Frozen):
 
     image: str = Field(min_length=3)
     """Image holding the tool cache (for example setup-* tool versions)."""
-    path: str = Field(default="/opt/hostedtoolcache", pattern=r"^/[A-Za-z0-9._/-]+$")
+    path: ToolCachePath = Field(default="/opt/hostedtoolcache", pattern=r"^/[A-Za-z0-9._/-]+$")
     """Directory of the tool cache inside the image; runners see it at the same path."""
-    size: Quantity = "10Gi"
-    """Most disk the copy may use on the node."""
+    size: VolumeSize = "10Gi"
+    """Most disk the copy may use on the node, 1Gi to 64Ti."""
 
 
 def default_work_class(raid0: bool) -> str:

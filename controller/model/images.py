@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from controller.model.spec import PlatformSpec
 
 Environment = Literal["dev", "staging", "production"]
-DIGEST = re.compile(r"@sha256:[0-9a-f]{64}$")
+DIGEST = re.compile(r"@sha256:[0-9a-f]{64}\Z")
 
 
 def has_digest(image: str) -> bool:
@@ -40,10 +40,10 @@ def floats_on_latest(image: str) -> bool:
 
 
 def spec_images(spec: PlatformSpec) -> Iterator[tuple[str, str, str]]:
-    """``(path, image, role)`` for every image the spec names: the controller's, and each
-    team's ``*_image`` settings. ``role`` is ``controller``, ``runner`` for an image the
-    team's runner pods run (the runner, and ``<mode>_image`` of a container mode the team
-    uses on a pool), or ``unused``."""
+    """``(path, image, role)`` for every image the spec names: the controller's, each
+    team's ``*_image`` settings and each pool's tool cache. ``role`` is ``controller``,
+    ``runner`` for an image the runner pods run (the runner, ``<mode>_image`` of a
+    container mode the team uses on a pool, the tool cache), or ``unused``."""
     yield "controller.image", spec.controller.image, "controller"
     for index, team in enumerate(spec.teams):
         modes = {team.mode_on(pool) for pool in team.pools}
@@ -52,6 +52,9 @@ def spec_images(spec: PlatformSpec) -> Iterator[tuple[str, str, str]]:
             if name.endswith("_image") and isinstance(value, str):
                 runs = name == "runner_image" or name.removesuffix("_image") in modes
                 yield f"teams[{index}].{name}", value, "runner" if runs else "unused"
+    for index, pool in enumerate(spec.pools):
+        if pool.tool_cache is not None:  # its tools run in every job on the pool
+            yield f"pools[{index}].tool_cache.image", pool.tool_cache.image, "runner"
 
 
 def image_problems(spec: PlatformSpec) -> list[str]:

@@ -57,7 +57,8 @@ class RunnerPod:
         return self.phase == "Running" and not self.finishing
 
 
-def _requests(spec: dict[str, Any]) -> tuple[float, float, int]:
+def pod_requests(spec: dict[str, Any]) -> tuple[float, float, int]:
+    """What a pod spec requests: cpu cores, memory bytes, GPUs (all containers)."""
     cpu = memory = 0.0
     gpus = 0
     for container in spec.get("containers", []):
@@ -107,7 +108,7 @@ def lean(obj: dict[str, Any]) -> RunnerPod | None:
         running_since=running_since,
         deleting=bool(meta.get("deletionTimestamp")),
         exit_code=exit_code,
-        requests=_requests(obj.get("spec") or {}),
+        requests=pod_requests(obj.get("spec") or {}),
     )
 
 

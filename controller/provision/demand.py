@@ -27,6 +27,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
+from controller.provision.jit import scale_set_of
 from controller.streams import decode_entry, events_key, ready_key
 
 log = logging.getLogger(__name__)
@@ -208,10 +209,10 @@ class DemandStore:
         ``[self-hosted, linux]`` to the team's first pool), but any of the team's idle
         runners whose labels cover it may take it: busy is counted where the runner is.
         Runner names are ``<scale set>-<5 chars>``; only the same team's scale sets count."""
-        prefix = runner_name.rpartition("-")[0]
+        owner = scale_set_of(runner_name)
         team = self.teams.get(scale_set)
-        if prefix in self.teams and team is not None and self.teams[prefix] == team:
-            return prefix
+        if owner is not None and team is not None and self.teams.get(owner) == team:
+            return owner
         return scale_set
 
     async def demand(self, scale_sets: list[str]) -> dict[str, Demand]:

@@ -37,6 +37,16 @@ def runner_name(scale_set: ScaleSet) -> str:
     return f"{scale_set.name}-{suffix}"
 
 
+def scale_set_of(name: str) -> str | None:
+    """The scale set a runner name says it belongs to (:func:`runner_name`'s form), or None
+    for a name not of that form. Callers still check that the scale set is one they know
+    and belongs where they expect: a name is only a claim."""
+    prefix, _, suffix = name.rpartition("-")
+    if not prefix or len(suffix) != 5 or any(c not in SUFFIX_ALPHABET for c in suffix):
+        return None
+    return prefix
+
+
 class RunnerGroups:
     def __init__(self) -> None:
         self._ids: dict[tuple[str, str, str], tuple[int | None, float]] = {}

@@ -463,32 +463,31 @@ def _dind_container(team: Team) -> dict[str, Any]:
     }
 
 
+def _copy_into(name: str, image: str, source: str, volume: str) -> dict[str, Any]:
+    """An init container that copies ``source`` of ``image`` into ``volume`` (unprivileged,
+    read-only root): the runner's own copy, never a volume shared with another pod."""
+    target = f"/mnt/{name.removeprefix('copy-')}"
+    return {
+        "name": name,
+        "image": image,
+        "imagePullPolicy": "IfNotPresent",
+        "command": ["cp", "-R", f"{source}/.", f"{target}/"],
+        "resources": {"requests": {"cpu": "100m", "memory": "128Mi"}},
+        "securityContext": {**_NO_PRIVILEGE, "readOnlyRootFilesystem": True},
+        "volumeMounts": [{"name": volume, "mountPath": target}],
+    }
+
+
 def _copy_externals(team: Team) -> dict[str, Any]:
     """Job containers started by the Docker daemon mount the runner's externals (node for
     JavaScript actions) by path, so the daemon must see them at the same path."""
-    return {
-        "name": "copy-externals",
-        "image": team.runner_image,
-        "imagePullPolicy": "IfNotPresent",
-        "command": ["cp", "-R", f"{EXTERNALS_DIR}/.", "/mnt/externals/"],
-        "resources": {"requests": {"cpu": "100m", "memory": "128Mi"}},
-        "securityContext": {**_NO_PRIVILEGE, "readOnlyRootFilesystem": True},
-        "volumeMounts": [{"name": DIND_EXTERNALS, "mountPath": "/mnt/externals"}],
-    }
+    return _copy_into("copy-externals", team.runner_image, EXTERNALS_DIR, DIND_EXTERNALS)
 
 
 def _copy_tool_cache(cache: ToolCache) -> dict[str, Any]:
     """Fill this runner's own copy of the pool's tool cache (the image is pre-pulled on
     warm and isolated nodes); the runner mounts the copy read-only."""
-    return {
-        "name": "copy-tool-cache",
-        "image": cache.image,
-        "imagePullPolicy": "IfNotPresent",
-        "command": ["cp", "-R", f"{cache.path}/.", "/mnt/tool-cache/"],
-        "resources": {"requests": {"cpu": "100m", "memory": "128Mi"}},
-        "securityContext": {**_NO_PRIVILEGE, "readOnlyRootFilesystem": True},
-        "volumeMounts": [{"name": TOOL_CACHE_VOLUME, "mountPath": "/mnt/tool-cache"}],
-    }
+    return _copy_into("copy-tool-cache", cache.image, cache.path, TOOL_CACHE_VOLUME)
 
 
 def jit_secret(scale_set: ScaleSet, name: str, encoded_jit_config: str) -> dict[str, Any]:

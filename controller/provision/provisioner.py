@@ -35,7 +35,7 @@ from controller.github_client import GitHubClient
 from controller.metrics import Metrics
 from controller.model import PlatformSpec, RuntimeFacts, ScaleSet
 from controller.provision import jit
-from controller.provision.cache import STATES, PodCache, RunnerPod, lean
+from controller.provision.cache import STATES, PodCache, RunnerPod, lean, pod_requests
 from controller.provision.demand import Applied, Demand, DemandStore, job_time
 from controller.provision.kube import Conflict, KubeApi, KubeError
 from controller.provision.pod import (
@@ -102,10 +102,19 @@ class Provisioner:
         self._passes: dict[str, asyncio.Task[None]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self.namespaces = sorted({t.namespace for t in spec.teams})
-        for scale_set in self.scale_sets.values():
-            # A pod that cannot be built (a team missing from the runtime facts) would be
-            # found only after its registration was made, every pass: refuse to start.
-            runner_pod(spec, facts, scale_set, f"{scale_set.name}-check", 1)
+        # What one runner of each scale set requests, read off the pod the builder makes
+        # (sidecars and hook-mode differences included), for the pool-limit arithmetic.
+        # Building every scale set's pod also refuses to start on a pod that cannot be
+        # built (a team missing from the runtime facts), instead of finding out after a
+        # registration was made, every pass.
+        self.runner_requests = {
+            name: pod_requests(runner_pod(spec, facts, s, f"{name}-check", 1)["spec"])
+            for name, s in self.scale_sets.items()
+        }
+        # GPUs go with the runner whichever pod holds them (the job pod in hook modes).
+        self.runner_gpus = {
+            name: self.pools[s.pool].gpus_per_runner for name, s in self.scale_sets.items()
+        }
 
     # -- running --
 
@@ -278,35 +287,30 @@ class Provisioner:
     def _pool_room(self, scale_set: ScaleSet) -> int:
         """How many more of this team's runners fit under the pool's limits (every team's
         runners on the pool count, those being created too)."""
-        pool, team = self.pools[scale_set.pool], self.teams[scale_set.team]
-        cpu = memory = 0.0
-        gpus = 0
+        pool = self.pools[scale_set.pool]
+        used = [0.0, 0.0, 0.0]  # cpu cores, memory bytes, gpus
         for other in self.scale_sets.values():
             if other.pool != pool.name:
                 continue
-            other_team = self.teams[other.team]
-            pending = self.inflight[other.name]
-            cpu += pending * float(parse_quantity(other_team.resources.cpu))
-            memory += pending * float(parse_quantity(other_team.resources.memory))
-            gpus += pending * pool.gpus_per_runner
-            for pod in self.cache.of(other.name):
-                if not pod.finishing:
-                    cpu, memory, gpus = (
-                        cpu + pod.requests[0],
-                        memory + pod.requests[1],
-                        gpus + pod.requests[2],
-                    )
-        need_cpu = float(parse_quantity(team.resources.cpu))
-        need_memory = float(parse_quantity(team.resources.memory))
+            runners = [p.requests for p in self.cache.of(other.name) if not p.finishing]
+            runners += [self.runner_requests[other.name]] * self.inflight[other.name]
+            for cpu, memory, _ in runners:
+                used[0] += cpu
+                used[1] += memory
+                used[2] += self.runner_gpus[other.name]
+        limits = (
+            float(pool.limits.cpu),
+            float(parse_quantity(pool.limits.memory)),
+            float(pool.limits.gpu) if pool.limits.gpu is not None else math.inf,
+        )
+        cpu, memory, _ = self.runner_requests[scale_set.name]
+        need = (cpu, memory, self.runner_gpus[scale_set.name])
         room = [
-            math.floor((pool.limits.cpu - cpu) / need_cpu) if need_cpu else 10**9,
-            math.floor((float(parse_quantity(pool.limits.memory)) - memory) / need_memory)
-            if need_memory
-            else 10**9,
+            math.floor((limit - usage) / amount)
+            for limit, usage, amount in zip(limits, used, need, strict=True)
+            if amount > 0 and limit != math.inf
         ]
-        if pool.gpus_per_runner and pool.limits.gpu is not None:
-            room.append((pool.limits.gpu - gpus) // pool.gpus_per_runner)
-        return max(0, min(room))
+        return max(0, min(room, default=10**9))
 
     # -- creating a runner --
 
@@ -465,7 +469,6 @@ class Provisioner:
         scale_set: ScaleSet,
         runner_id: int,
         *,
-        check_first: bool = False,
         name: str | None = None,
     ) -> str:
         """Remove a runner registration: "deleted", "gone" or "busy" (GitHub refuses to
@@ -473,7 +476,7 @@ class Provisioner:
         only a registration of that name: a runner id read from a pod annotation is not
         trusted to name one of this scale set's runners."""
         client = self.github[scale_set.instance]
-        if check_first or name is not None:  # a GET costs 1 point, a DELETE 5
+        if name is not None:  # a GET costs 1 point, a DELETE 5
             reply = await client.runner(scale_set.org, runner_id)
             if reply.status == 404:
                 return "gone"

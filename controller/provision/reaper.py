@@ -28,6 +28,7 @@ from typing import Any
 
 from controller.audit import AuditRecord
 from controller.errors import GitHubError
+from controller.provision.jit import scale_set_of
 from controller.provision.kube import KubeError
 from controller.provision.pod import IDLE_ALLOWANCE_SECONDS, selector
 from controller.provision.provisioner import Provisioner
@@ -140,9 +141,8 @@ class Reaper:
 
     def _owner(self, instance: str, org: str, name: str) -> str | None:
         """The scale set a runner name belongs to (name = ``<scale set>-<5 chars>``)."""
-        prefix, _, suffix = name.rpartition("-")
-        scale_set = self.p.scale_sets.get(prefix)
-        if scale_set is None or len(suffix) != 5:
+        scale_set = self.p.scale_sets.get(scale_set_of(name) or "")
+        if scale_set is None:
             return None
         if scale_set.instance != instance or scale_set.org != org:
             return None

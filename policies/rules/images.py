@@ -41,7 +41,7 @@ POD_SPEC_PATHS: dict[str, tuple[str, ...]] = {
     "kubernetes:batch/v1:Job": ("spec", "template", "spec"),
     "kubernetes:batch/v1:CronJob": ("spec", "jobTemplate", "spec", "template", "spec"),
 }
-DIGEST = re.compile(r"@sha256:[0-9a-f]{64}$")
+DIGEST = re.compile(r"@sha256:[0-9a-f]{64}\Z")
 
 
 def tag_of(image: str) -> str | None:
@@ -85,7 +85,7 @@ def _controller_spec(args: ResourceValidationArgs) -> dict[str, Any] | None:
 
 def _spec_images(spec: dict[str, Any]) -> Iterator[tuple[str, str, str]]:
     """``(path, image, role)``: the controller's image, each team's ``*_image`` settings
-    as ``runner`` when its runner pods run it, else ``unused``."""
+    as ``runner`` when its runner pods run it, else ``unused``, each pool's tool cache."""
     image = dig(spec, "controller", "image")
     if isinstance(image, str):
         yield "controller.image", image, "controller"
@@ -99,6 +99,12 @@ def _spec_images(spec: dict[str, Any]) -> Iterator[tuple[str, str, str]]:
             if key.endswith("_image") and isinstance(value, str):
                 runs = key == "runner_image" or key.removesuffix("_image") in modes
                 yield f"teams[{index}].{key}", value, "runner" if runs else "unused"
+    pools = spec.get("pools")
+    for index, pool in enumerate(pools if isinstance(pools, list) else []):
+        cache = pool.get("tool_cache") if isinstance(pool, dict) else None
+        image = cache.get("image") if isinstance(cache, dict) else None
+        if isinstance(image, str):  # its tools run in every job on the pool
+            yield f"pools[{index}].tool_cache.image", image, "runner"
 
 
 def _validate_not_latest(args: ResourceValidationArgs, report: ReportViolation) -> None:

@@ -136,3 +136,14 @@ def test_other_config_maps_and_unknown_specs_are_not_judged() -> None:
     unknown = {"metadata": {"name": "runner-controller-config"}, "data": {"spec.json": None}}
     assert check(production_images_by_digest, CONFIG_MAP, "c", unknown) == []
     assert check(images_not_latest, CONFIG_MAP, "c", unknown) == []
+
+
+def test_production_refuses_a_tool_cache_image_without_a_digest() -> None:
+    # The pool's tool cache runs in every job there: pinned like the runner itself.
+    props = controller_config("production")
+    spec = json.loads(props["data"]["spec.json"])
+    spec["pools"] = [{"name": "warm", "tool_cache": {"image": "ghcr.io/acme/tools:2025.10"}}]
+    props["data"]["spec.json"] = json.dumps(spec)
+    messages = check(production_images_by_digest, CONFIG_MAP, "c", props)
+    assert len(messages) == 1
+    assert messages[0].startswith("production stack: pools[0].tool_cache.image '")

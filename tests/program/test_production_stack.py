@@ -33,6 +33,11 @@ def production_config() -> dict[str, str]:
         team["runner_image"] = f"ghcr.io/actions/actions-runner:2.329.0@{DIGEST}"
         team["buildkit_image"] = f"docker.io/moby/buildkit:v0.25.1-rootless@{DIGEST}"
         team["dind_image"] = f"docker.io/library/docker:28.5.1-dind@{DIGEST}"
+    pools = json.loads(config["runner-platform:pools"])
+    for pool in pools:
+        if "tool_cache" in pool:
+            pool["tool_cache"]["image"] = f"ghcr.io/acme/hostedtoolcache:2025.10@{DIGEST}"
+    config["runner-platform:pools"] = json.dumps(pools)
     config["runner-platform:cluster"] = json.dumps(cluster)
     config["runner-platform:controller"] = json.dumps(controller)
     config["runner-platform:teams"] = json.dumps(teams)

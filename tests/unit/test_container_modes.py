@@ -405,3 +405,39 @@ def test_namespaces_relax_pod_security_only_for_buildkit_and_dind(dev_spec: Plat
     }
     assert labels["runners-infra"]["pod-security.kubernetes.io/enforce"] == "baseline"
     assert labels["runners-web"]["pod-security.kubernetes.io/warn"] == "baseline"
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("path", "/opt/../home/runner", "is not a plain absolute path"),
+        ("path", "/home/runner", "would cover /home/runner"),
+        ("path", "/home/runner/_work/tools", "would cover /home/runner"),
+        ("path", "/opt//tools", "is not a plain absolute path"),
+        ("size", "1k", "is not between 1Gi and 64Ti"),
+        ("size", "99999999Ti", "is not between 1Gi and 64Ti"),
+        ("size", "50Gi\n", "is not a Kubernetes quantity"),
+    ],
+)
+def test_a_tool_cache_that_would_hide_the_runner_or_fill_the_node_is_refused(
+    dev_document: dict[str, Any], field: str, value: str, message: str
+) -> None:
+    index = next(i for i, p in enumerate(dev_document["pools"]) if "tool_cache" in p)
+    dev_document["pools"][index]["tool_cache"][field] = value
+    with pytest.raises(SpecError) as caught:
+        load_spec(dev_document)
+    assert any(
+        line.startswith(f"pools[{index}].tool_cache.{field}") and message in line
+        for line in caught.value.problems
+    ), caught.value.problems
+
+
+def test_the_quota_rounds_up_so_the_last_runner_fits() -> None:
+    from decimal import Decimal
+
+    from controller.quantity import format_memory, parse_quantity
+
+    needed = parse_quantity("3G") * 7  # not a whole number of Mi
+    assert parse_quantity(format_memory(needed, round_up=True)) >= needed
+    assert parse_quantity(format_memory(needed)) < needed
+    assert format_memory(Decimal(2**20), round_up=True) == "1Mi"

@@ -79,6 +79,9 @@ def _production(document: dict[str, Any]) -> dict[str, Any]:
         team["runner_image"] = RUNNER
         team["buildkit_image"] = f"docker.io/moby/buildkit:v0.25.1-rootless@{DIGEST}"
         team["dind_image"] = f"docker.io/library/docker:28.5.1-dind@{DIGEST}"
+    for pool in document["pools"]:
+        if "tool_cache" in pool:
+            pool["tool_cache"]["image"] = f"ghcr.io/acme/hostedtoolcache:2025.10@{DIGEST}"
     return document
 
 
@@ -107,3 +110,18 @@ def test_a_sidecar_image_counts_only_where_its_container_mode_is_used(
     dev_document["teams"][0]["buildkit_image"] = "docker.io/moby/buildkit:v0.25.1-rootless"
     with pytest.raises(SpecError, match=r"teams\[0\]\.buildkit_image: a production stack"):
         load_spec(dev_document)
+
+
+def test_the_tool_cache_image_is_pinned_like_any_image_a_job_runs(
+    dev_document: dict[str, Any],
+) -> None:
+    # Its tools run in every job on the pool: a movable tag is a way into every job.
+    document = _production(dev_document)
+    pool = next(i for i, p in enumerate(document["pools"]) if "tool_cache" in p)
+    document["pools"][pool]["tool_cache"]["image"] = "ghcr.io/acme/hostedtoolcache:2025.10"
+    with pytest.raises(SpecError, match=rf"pools\[{pool}\]\.tool_cache\.image: a production"):
+        load_spec(document)
+    document["cluster"]["environment"] = "dev"
+    document["pools"][pool]["tool_cache"]["image"] = "ghcr.io/acme/hostedtoolcache:latest"
+    with pytest.raises(SpecError, match=rf"pools\[{pool}\]\.tool_cache\.image: .*latest"):
+        load_spec(document)
