@@ -13,7 +13,8 @@ about 62 MB. :func:`release`, called by each ``stop()``, removes it, except that
 
 Folders made here and never released (a test that crashed before its ``stop()``) are
 removed at interpreter exit, after :func:`localenv.process.stop_all` has ended the
-servers writing into them.
+servers writing into them — and, when the interpreter is killed (SIGTERM, SIGKILL: no
+``atexit``), by its watchdog once it has ended the servers (:mod:`localenv.process`).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from localenv.process import stop_all
+from localenv.process import stop_all, unwatch_folder, watch_folder
 
 KEEP_ENV = "RUNNER_PLATFORM_KEEP_WORKDIRS"
 SAVED_LOG_RUNS = 20  # a failing suite saves a few folders per run; more is only clutter
@@ -56,6 +57,8 @@ def new_workdir(name: str) -> Path:
     """A fresh ``/tmp/localenv-<name>-XXXX`` folder, removed at exit if never released."""
     path = Path(tempfile.mkdtemp(prefix=f"{PREFIX}{name}-"))
     _UNRELEASED.add(path)
+    if not keep_requested():
+        watch_folder(path)
     return path
 
 
@@ -66,6 +69,7 @@ def release(workdir: Path, *, keep: bool, failed: bool = False) -> Path | None:
     ``None``. Call it only once the processes writing there have stopped.
     """
     _UNRELEASED.discard(workdir)
+    unwatch_folder(workdir)
     if not workdir.exists():
         return None
     if keep:
@@ -98,6 +102,10 @@ def _prune(root: Path) -> None:
     runs = sorted((p for p in root.iterdir() if p.is_dir()), key=lambda p: p.name)
     for old in runs[:-SAVED_LOG_RUNS]:
         shutil.rmtree(old, ignore_errors=True)
+
+
+# A forked child's exit removes nothing of its parent's.
+os.register_at_fork(after_in_child=_UNRELEASED.clear)
 
 
 @atexit.register

@@ -3,10 +3,13 @@
 moto's STS accepts any web identity token, so the platform checks its own trust
 policies: :func:`trust_allows` evaluates a role's trust document for a token's claims
 the way IAM does for ``sts:AssumeRoleWithWebIdentity`` — the Federated principal must be
-the token issuer's provider, every condition operator must hold (AND), within one each
-key must hold (AND), and a key holds when any of its values matches (OR); ``StringLike``
-globs ``*`` and ``?``; keys the token does not supply fail. Only ``aud`` and ``sub`` (and
-``amr``) are condition keys for an OIDC provider; other claims cannot be conditioned on.
+the token issuer's provider, the action must match the statement's ``Action`` (globs,
+caseless) or miss its ``NotAction``, every condition operator must hold (AND), within one
+each key must hold (AND), and a key holds when any of its values matches (OR);
+``StringLike`` globs ``*`` and ``?``; keys the token does not supply fail, except under a
+negated operator (``StringNotEquals``, ``StringNotLike``), which holds when no value
+matches — so a missing key passes it. Only ``aud`` and ``sub`` (and ``amr``) are
+condition keys for an OIDC provider; other claims cannot be conditioned on.
 """
 
 from __future__ import annotations
@@ -35,10 +38,12 @@ def _glob(pattern: str, value: str) -> bool:
     return re.fullmatch(regex, value, flags=re.DOTALL) is not None
 
 
-_OPERATORS = {
-    "StringEquals": lambda pattern, value: pattern == value,
-    "StringLike": _glob,
-}
+def _equals(pattern: str, value: str) -> bool:
+    return pattern == value
+
+
+_OPERATORS = {"StringEquals": _equals, "StringLike": _glob}
+_NEGATED = {"StringNotEquals": _equals, "StringNotLike": _glob}
 
 
 def _as_list(value: Any) -> list[Any]:
@@ -57,7 +62,7 @@ def trust_allows(
     for statement in _as_list(document.get("Statement", [])):
         principal = statement.get("Principal", {})
         federated = _as_list(principal.get("Federated", [])) if isinstance(principal, dict) else []
-        if provider_arn not in federated or ACTION not in _as_list(statement.get("Action")):
+        if provider_arn not in federated or not _names_action(statement):
             continue
         if _conditions_hold(statement.get("Condition", {}), context):
             if statement.get("Effect") == "Deny":
@@ -66,16 +71,28 @@ def trust_allows(
     return allowed
 
 
+def _names_action(statement: dict[str, Any]) -> bool:
+    """IAM action names are caseless and ``Action`` takes globs (``sts:AssumeRoleWith*``);
+    ``NotAction`` names every action it does not match."""
+    if "NotAction" in statement:
+        return not any(
+            _glob(str(a).lower(), ACTION.lower()) for a in _as_list(statement["NotAction"])
+        )
+    return any(_glob(str(a).lower(), ACTION.lower()) for a in _as_list(statement.get("Action")))
+
+
 def _conditions_hold(conditions: dict[str, dict[str, Any]], context: dict[str, Any]) -> bool:
     for operator, block in conditions.items():
-        test = _OPERATORS.get(operator)
+        negated = operator in _NEGATED
+        test = _NEGATED[operator] if negated else _OPERATORS.get(operator)
         if test is None:
             return False  # an operator this evaluator does not know: never assume it holds
         for key, patterns in block.items():
-            if key not in context:
+            values = [str(v) for v in _as_list(context.get(key, []))]
+            matched = any(test(str(p), v) for p in _as_list(patterns) for v in values)
+            if negated and matched:
                 return False
-            values = [str(v) for v in _as_list(context[key])]
-            if not any(test(str(p), v) for p in _as_list(patterns) for v in values):
+            if not negated and (key not in context or not matched):
                 return False
     return True
 
@@ -91,6 +108,12 @@ class AccessRow:
     audience: str
 
 
+def _refs(team: Team) -> str:
+    if not team.refs and not team.environments:
+        return "any branch, tag, environment or pull request"
+    return ", ".join([*team.refs, *(f"environment {name}" for name in team.environments)])
+
+
 def access_matrix(spec: PlatformSpec) -> list[AccessRow]:
     """What an auditor asks: which repositories and refs reach which roles."""
     rows = []
@@ -100,7 +123,7 @@ def access_matrix(spec: PlatformSpec) -> list[AccessRow]:
                 team=team.name,
                 instance=team.instance,
                 repositories=team.repositories,
-                refs="any branch, tag, environment or pull request",
+                refs=_refs(team),
                 iam_role=team.role_name,
                 vault=f"jwt-{team.instance}/role/{team.name}",
                 audience=f"sts.amazonaws.com; Vault: {spec.vault.audience}",

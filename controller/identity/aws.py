@@ -5,6 +5,10 @@ it → ``sts:AssumeRoleWithWebIdentity`` into ``github-runner-<team>-role`` for 
 (never longer than the team's ``session_duration_seconds``) → audit, granted or refused,
 never the token.
 
+Credentials are reused only by the same job's run: the cache key is the role, ``sub``,
+run id, run attempt and actor — ``sub`` alone is shared by every pull request (and every
+run of a branch) of a repository — and every hand-out, fresh or cached, is audited.
+
 Who and what reach CloudTrail through the role session name (run id, actor, team):
 ``AssumeRoleWithWebIdentity`` has no ``Tags`` parameter — web-identity session tags
 come only from an ``https://aws.amazon.com/tags`` claim in the token, which GitHub's
@@ -19,10 +23,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from botocore.exceptions import BotoCoreError, ClientError
+
 from controller.audit import AuditRecord, log_record
 from controller.identity.access import team_for
 from controller.identity.oidc import OidcValidator, TokenRefused, ValidToken
 from controller.model import PlatformSpec
+
+CacheKey = tuple[str, str, str, str, str]  # role, sub, run id, run attempt, actor
 
 Clock = Callable[[], float]
 MIN_SECONDS, MAX_SECONDS = 900, 3600
@@ -61,6 +69,17 @@ def session_name(claims: dict[str, Any], team: str) -> str:
     return re.sub(r"[^\w+=,.@-]", "-", raw)[:64]
 
 
+def cache_key(role_arn: str, claims: dict[str, Any]) -> CacheKey:
+    """Who may share credentials: one role, one subject, one run attempt, one actor."""
+    return (
+        role_arn,
+        str(claims["sub"]),
+        str(claims.get("run_id", "")),
+        str(claims.get("run_attempt", "")),
+        str(claims.get("actor", "")),
+    )
+
+
 def clamp_duration(requested: int, team_max: int) -> int:
     return max(MIN_SECONDS, min(requested, team_max, MAX_SECONDS))
 
@@ -80,7 +99,7 @@ class AwsExchange:
         self.sts = sts
         self.role_arns = role_arns
         self.clock = clock
-        self._cache: dict[tuple[str, str], AwsCredentials] = {}
+        self._cache: dict[CacheKey, AwsCredentials] = {}
 
     def credentials(self, token: str, duration: int = MAX_SECONDS) -> AwsCredentials:
         try:
@@ -93,17 +112,33 @@ class AwsExchange:
             self._audit("refused", "repository belongs to no team", valid)
             raise ExchangeRefused(f"{valid.repository} belongs to no team")
         role_arn = self.role_arns[team.name]
-        key = (role_arn, str(valid.claims["sub"]))
+        key = cache_key(role_arn, valid.claims)
         cached = self._cache.get(key)
-        if cached is not None and cached.expiration - REUSE_MARGIN > self.clock():
+        if cached is not None and self._fresh(cached):
+            self._audit(
+                "granted",
+                f"reused cached credentials of {team.role_name} as {cached.session_name} "
+                "(cache hit)",
+                valid,
+                team.name,
+            )
             return cached
         name = session_name(valid.claims, team.name)
-        response = self.sts.assume_role_with_web_identity(
-            RoleArn=role_arn,
-            RoleSessionName=name,
-            WebIdentityToken=token,
-            DurationSeconds=clamp_duration(duration, team.session_duration_seconds),
-        )
+        try:
+            response = self.sts.assume_role_with_web_identity(
+                RoleArn=role_arn,
+                RoleSessionName=name,
+                WebIdentityToken=token,
+                DurationSeconds=clamp_duration(duration, team.session_duration_seconds),
+            )
+        except ClientError as error:
+            code = error.response.get("Error", {}).get("Code", "error")
+            self._audit("refused", f"STS refused {team.role_name}: {code}", valid, team.name)
+            raise ExchangeRefused(f"STS refused {team.role_name}: {code}") from None
+        except BotoCoreError as error:  # no answer from STS: nothing granted either
+            reason = f"no answer from STS for {team.role_name}: {type(error).__name__}"
+            self._audit("refused", reason, valid, team.name)
+            raise ExchangeRefused(reason) from None
         raw = response["Credentials"]
         expiration = raw["Expiration"]
         credentials = AwsCredentials(
@@ -114,9 +149,18 @@ class AwsExchange:
             role_arn,
             name,
         )
+        self._forget_stale()
         self._cache[key] = credentials
         self._audit("granted", f"assumed {team.role_name} as {name}", valid, team.name)
         return credentials
+
+    def _fresh(self, credentials: AwsCredentials) -> bool:
+        return credentials.expiration - REUSE_MARGIN > self.clock()
+
+    def _forget_stale(self) -> None:
+        """Drop what can no longer be handed out: one entry per job run would grow forever."""
+        for key in [k for k, held in self._cache.items() if not self._fresh(held)]:
+            del self._cache[key]
 
     def _audit(self, decision: str, reason: str, valid: ValidToken | None, team: str = "") -> None:
         claims = valid.claims if valid else {}

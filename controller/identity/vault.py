@@ -60,6 +60,7 @@ class VaultSession:
 
     def login(self, jwt: str, repository: str = "") -> None:
         import hvac.exceptions
+        import requests
 
         self.repository = repository
         try:
@@ -67,6 +68,13 @@ class VaultSession:
         except (hvac.exceptions.InvalidRequest, hvac.exceptions.Forbidden) as error:
             self._audit("refused", f"login to {self.mount}/{self.role}: {_short(error)}")
             raise VaultRefused(f"Vault refused the login to {self.mount}/{self.role}") from None
+        except (hvac.exceptions.VaultError, requests.RequestException) as error:
+            # Any other answer (a 401, a 5xx, no answer) still grants nothing: audited and
+            # raised as the one refusal type, never an escape past the audit (issue 9).
+            self._audit("refused", f"login to {self.mount}/{self.role}: {type(error).__name__}")
+            raise VaultRefused(
+                f"Vault did not log in to {self.mount}/{self.role}: {type(error).__name__}"
+            ) from None
         self.client = self._new_client(auth["client_token"])
         self.token_ttl = int(auth["lease_duration"])
         self._audit(

@@ -14,6 +14,7 @@ from typing import Any
 
 import hvac
 import pg8000.native
+import pytest
 
 from localenv.github import GitHubEmulator
 from localenv.process import wait_for
@@ -21,16 +22,36 @@ from localenv.services import Moto, OpenBao, Postgres
 from tests.conftest import ROOT
 from tests.integration.vault_support import applied_vault, configure_database
 
+# What the runner sets in every job unless a test says otherwise: no Actions job, no
+# RUNNER_TEMP (so a CI job running these tests does not leak its own into them).
+_OUTSIDE_A_JOB = {"GITHUB_ACTIONS": "", "RUNNER_TEMP": ""}
 
-def _helper(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+
+def _helper(env: dict[str, str], *args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "controller.identity.credentials", *args],
-        env={**os.environ, **env},
+        env={**os.environ, "PYTHONPATH": str(ROOT), **_OUTSIDE_A_JOB, **env},
         capture_output=True,
         text=True,
-        cwd=ROOT,
+        cwd=cwd,
         timeout=60,
     )
+
+
+def _audit_records(stderr: str) -> list[dict[str, Any]]:
+    records = []
+    for line in stderr.splitlines():
+        if line.startswith("{"):
+            records.append(json.loads(line)["audit"])
+    return records
+
+
+def _masks(stderr: str) -> list[str]:
+    return [
+        line.removeprefix("::add-mask::")
+        for line in stderr.splitlines()
+        if line.startswith("::add-mask::")
+    ]
 
 
 def _job_env(emulator: GitHubEmulator, repository: str) -> dict[str, str]:
@@ -163,3 +184,139 @@ def test_held_database_credentials_live_as_long_as_the_job(
                 holder.kill()
             assert holder.stderr is not None
             holder.stderr.close()
+
+
+# -- files, masks and audit records (issue 9, item 16) --
+
+
+def _aws_env(moto_server: Moto, github_cloud: GitHubEmulator) -> dict[str, str]:
+    iam: Any = moto_server.client("iam")
+    role = iam.create_role(
+        RoleName=f"github-runner-helper-{uuid.uuid4().hex[:6]}", AssumeRolePolicyDocument="{}"
+    )["Role"]["Arn"]
+    return {
+        **_job_env(github_cloud, "acme-corp/storefront"),
+        "RUNNER_PLATFORM_AWS_ROLE_ARN": role,
+        "RUNNER_PLATFORM_STS_ENDPOINT": moto_server.endpoint,
+        "AWS_REGION": "us-west-2",
+    }
+
+
+def test_a_symlink_at_the_target_is_replaced_never_followed(
+    moto_server: Moto, github_cloud: GitHubEmulator, tmp_path: Path
+) -> None:
+    victim = tmp_path / "victim"  # e.g. a file the job uploads, or another user's
+    victim.write_text("untouched\n")
+    victim.chmod(0o644)
+    profile = tmp_path / "credentials"
+    profile.symlink_to(victim)
+    result = _helper(_aws_env(moto_server, github_cloud), "aws", "--profile-file", str(profile))
+    assert result.returncode == 0, result.stderr
+    assert victim.read_text() == "untouched\n"
+    assert oct(victim.stat().st_mode & 0o777) == "0o644"
+    assert not profile.is_symlink() and "aws_session_token = " in profile.read_text()
+    assert oct(profile.lstat().st_mode & 0o777) == "0o600"
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temp left
+
+
+def test_an_existing_readable_file_does_not_keep_its_mode(
+    moto_server: Moto, github_cloud: GitHubEmulator, tmp_path: Path
+) -> None:
+    profile = tmp_path / "credentials"
+    profile.write_text("[old]\n")
+    profile.chmod(0o644)
+    result = _helper(_aws_env(moto_server, github_cloud), "aws", "--profile-file", str(profile))
+    assert result.returncode == 0, result.stderr
+    assert oct(profile.stat().st_mode & 0o777) == "0o600"
+    assert "[old]" not in profile.read_text()
+
+
+def test_in_a_job_every_secret_is_masked_and_every_grant_audited(
+    moto_server: Moto, github_cloud: GitHubEmulator
+) -> None:
+    env = {**_aws_env(moto_server, github_cloud), "GITHUB_ACTIONS": "true"}
+    result = _helper(env, "aws", "--duration", "900")
+    assert result.returncode == 0, result.stderr
+    credentials = json.loads(result.stdout)  # stdout is exactly credential_process JSON
+    masks = _masks(result.stderr)
+    for name in ("AccessKeyId", "SecretAccessKey", "SessionToken"):
+        assert credentials[name] in masks, name
+    (record,) = _audit_records(result.stderr)
+    assert (record["decision"], record["action"]) == ("granted", "aws-credentials")
+    assert (record["repo"], record["requester"], record["run_id"]) == (
+        "acme-corp/storefront",
+        "alice",
+        77,
+    )
+    assert credentials["SecretAccessKey"] not in json.dumps(record)
+    # Outside a job a mask line would print the secret: none is written, the record is.
+    outside = _helper(_aws_env(moto_server, github_cloud), "aws")
+    assert outside.returncode == 0 and _masks(outside.stderr) == []
+    assert json.loads(outside.stdout)["SecretAccessKey"] not in outside.stderr
+    assert [r["decision"] for r in _audit_records(outside.stderr)] == ["granted"]
+
+
+def test_a_failed_exchange_is_audited_too(moto_server: Moto, github_cloud: GitHubEmulator) -> None:
+    env = {
+        **_aws_env(moto_server, github_cloud),
+        "RUNNER_PLATFORM_STS_ENDPOINT": "http://127.0.0.1:9",
+    }
+    result = _helper(env, "aws")
+    assert result.returncode == 2 and "no answer from STS" in result.stderr
+    (record,) = _audit_records(result.stderr)
+    assert (record["decision"], record["requester"]) == ("refused", "alice")
+
+
+def test_mask_lines_escape_what_the_runner_unescapes(capsys: pytest.CaptureFixture[str]) -> None:
+    from controller.identity.credentials import mask
+    from controller.settings import JobSettings
+
+    mask(JobSettings(github_actions=True), "p%25w\r\nx", "plain")
+    assert capsys.readouterr().err.splitlines() == [
+        "::add-mask::p%2525w",
+        "::add-mask::x",
+        "::add-mask::plain",
+    ]
+    mask(JobSettings(github_actions=False), "secret")
+    assert capsys.readouterr().err == ""
+
+
+def test_vault_secrets_are_masked_and_database_credentials_go_to_runner_temp(
+    openbao: OpenBao,
+    postgres: Postgres,
+    github_cloud: GitHubEmulator,
+    github_ghes: GitHubEmulator,
+    tmp_path: Path,
+) -> None:
+    with applied_vault(openbao, github_cloud, github_ghes) as (suffix, _):
+        configure_database(openbao, postgres, ["web"])
+        workspace, runner_temp = tmp_path / "workspace", tmp_path / "_temp"
+        workspace.mkdir()
+        runner_temp.mkdir()
+        env = {
+            **_job_env(github_cloud, "acme-corp/storefront"),
+            "VAULT_ADDR": openbao.address,
+            "RUNNER_PLATFORM_VAULT_MOUNT": f"jwt-cloud-{suffix}",
+            "RUNNER_PLATFORM_VAULT_ROLE": "web",
+            "GITHUB_ACTIONS": "true",
+            "RUNNER_TEMP": str(runner_temp),
+        }
+        result = _helper(env, "vault", "--print", "--database", "runner-web", cwd=workspace)
+        assert result.returncode == 0, result.stderr
+        token = result.stdout.strip()
+        assert result.stdout == f"{token}\n"  # stdout is the token alone, for $(…)
+        env_file = runner_temp / "vault-database.env"
+        assert list(workspace.iterdir()) == []  # nothing in the job's workspace
+        assert oct(env_file.stat().st_mode & 0o777) == "0o600"
+        values = dict(line.split("=", 1) for line in env_file.read_text().split())
+        masks = _masks(result.stderr)
+        assert token in masks and values["DB_PASSWORD"] in masks
+        decisions = [(r["action"], r["decision"]) for r in _audit_records(result.stderr)]
+        assert decisions == [("vault", "granted"), ("vault", "granted")]  # login, database
+        assert f"database credentials in {env_file}" in result.stderr
+
+        nowhere = _helper(
+            {**env, "RUNNER_TEMP": ""}, "vault", "--print", "--database", "runner-web"
+        )
+        assert nowhere.returncode == 2 and "pass --env-file" in nowhere.stderr
+        assert _masks(nowhere.stderr) == []  # refused before anything was handed out

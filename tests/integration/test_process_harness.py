@@ -1,4 +1,5 @@
-"""The process harness: clear start failures, and nothing left running after a stop."""
+"""The process harness: clear start failures, and nothing left running after a stop (the
+whole tree, even what left the group). A killed starter: test_server_lifetime.py."""
 
 from __future__ import annotations
 
@@ -42,6 +43,27 @@ def test_stop_ends_the_whole_process_group(tmp_path: Path) -> None:
     process.stop()
     assert not process.alive
     assert not _running(child)
+
+
+def test_stop_ends_a_child_that_left_the_group(tmp_path: Path) -> None:
+    pid_file = tmp_path / "child.pid"
+    # setsid: a session (and group) of its own, as each PostgreSQL backend makes.
+    process = ManagedProcess(
+        "parent", ["sh", "-c", f"setsid sleep 60 & echo $! > {pid_file}; wait"], tmp_path
+    ).start()
+
+    def left() -> bool:
+        pid = pid_file.read_text().strip()
+        return _fields(int(pid))[3] == pid  # its session's leader
+
+    process.wait_until(left, timeout=10, what="forked into a session of its own")
+    child = int(pid_file.read_text())
+    process.stop()
+    assert not _running(child)
+
+
+def _fields(pid: int) -> list[str]:
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
 
 
 def _running(pid: int) -> bool:
