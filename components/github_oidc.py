@@ -52,8 +52,13 @@ class GitHubOidc(pulumi.ComponentResource):
                 opts=pulumi.ResourceOptions(parent=self, depends_on=[providers[instance.name]]),
             )
             for index, arn in enumerate(team.aws_managed_policy_arns):
+                # The role by its known name (and a dependency), not role.name, so a preview
+                # shows the pack which role gets the policy before the role exists.
                 aws.iam.RolePolicyAttachment(
-                    f"{name}-{team.name}-{index}", role=role.name, policy_arn=arn, opts=child
+                    f"{name}-{team.name}-{index}",
+                    role=team.role_name,
+                    policy_arn=arn,
+                    opts=pulumi.ResourceOptions(parent=self, depends_on=[role]),
                 )
             self.role_arns[team.name] = role.arn
         self.register_outputs({"role_arns": self.role_arns})

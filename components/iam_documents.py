@@ -10,10 +10,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from components.oidc_subjects import team_subjects
+from controller.model import STS_AUDIENCE as STS_AUDIENCE  # components name it from here
 from controller.model import GitHubInstance, Team
 
 Document = dict[str, Any]
-STS_AUDIENCE = "sts.amazonaws.com"
 
 
 def issuer_host_path(issuer: str) -> str:
@@ -26,27 +27,28 @@ def oidc_provider_arn(account_id: str, issuer: str, partition: str = "aws") -> s
 
 
 def subject_patterns(instance: GitHubInstance, team: Team) -> list[str]:
-    """The ``sub`` values a team's role trusts: every ref, environment and PR of its repos.
-
-    GitHub.com repositories created after 2026-07-15 carry ``OWNER@ID/REPO@ID`` in ``sub``
-    (REFERENCE.md); an ``@*`` after each part matches that form without trusting another
-    owner, because ``@`` cannot appear in an owner or repository name. GHES keeps the
-    plain form.
-    """
-    patterns: list[str] = []
-    for repo in team.repositories:
-        owner, name = repo.split("/", 1)
-        patterns.append(f"repo:{owner}/{name}:*")
-        if instance.kind == "cloud":
-            patterns.append(f"repo:{owner}@*/{name}@*:*")
-    return patterns
+    """The ``sub`` values a team's role trusts (components/oidc_subjects.py): each of its
+    repositories in the plain form and, on github.com, the id form with the org id (and an
+    exact repository's id) pinned; every context, or only the team's allowlist."""
+    return team_subjects(instance, team).allow
 
 
 def github_runner_trust_policy(
     instance: GitHubInstance, team: Team, account_id: str, partition: str = "aws"
 ) -> Document:
-    """Trust for ``github-runner-<team>-role``: only the team's repositories, only STS."""
+    """Trust for ``github-runner-<team>-role``: only the team's repositories, only STS.
+
+    ``StringNotLike`` guards (ANDed) keep each ``*`` of the allow list inside the slot it
+    was written for; components/oidc_subjects.py shows why each is needed.
+    """
     key = issuer_host_path(instance.oidc_issuer)
+    subjects = team_subjects(instance, team)
+    condition: dict[str, dict[str, Any]] = {
+        "StringEquals": {f"{key}:aud": STS_AUDIENCE},
+        "StringLike": {f"{key}:sub": subjects.allow},
+    }
+    if subjects.deny:
+        condition["StringNotLike"] = {f"{key}:sub": subjects.deny}
     return {
         "Version": "2012-10-17",
         "Statement": [
@@ -57,10 +59,7 @@ def github_runner_trust_policy(
                     "Federated": oidc_provider_arn(account_id, instance.oidc_issuer, partition)
                 },
                 "Action": "sts:AssumeRoleWithWebIdentity",
-                "Condition": {
-                    "StringEquals": {f"{key}:aud": STS_AUDIENCE},
-                    "StringLike": {f"{key}:sub": subject_patterns(instance, team)},
-                },
+                "Condition": condition,
             }
         ],
     }
@@ -198,6 +197,9 @@ def karpenter_controller_policy(
                 "Resource": f"{ec2}:*:instance/*",
                 "Condition": {
                     **resource_tags,
+                    # Upstream's v1 controller policy: a tag request naming the cluster must
+                    # name this one (karpenter-provider-aws, getting-started cloudformation).
+                    "StringEqualsIfExists": {"aws:RequestTag/eks:eks-cluster-name": cluster_name},
                     "ForAllValues:StringEquals": {
                         "aws:TagKeys": ["eks:eks-cluster-name", "karpenter.sh/nodeclaim", "Name"]
                     },
@@ -249,7 +251,13 @@ def karpenter_controller_policy(
                 "Sid": "AllowPassingInstanceRole",
                 "Effect": "Allow",
                 "Action": "iam:PassRole",
-                "Resource": node_role_arn,
+                # The shared node role, and each isolated pool's own role, named
+                # KarpenterNodeRole-<cluster>.<pool> (components/node_pools.py); a '.'
+                # never appears in a cluster name, so no other cluster's roles match.
+                "Resource": [
+                    node_role_arn,
+                    f"arn:{partition}:iam::{account_id}:role/KarpenterNodeRole-{cluster_name}.*",
+                ],
                 "Condition": {"StringEquals": {"iam:PassedToService": "ec2.amazonaws.com"}},
             },
             {

@@ -11,6 +11,7 @@ from typing import Any
 
 import pulumi
 
+from components.oidc_subjects import team_subjects
 from components.vault_provider import VaultObject
 from controller.model import PlatformSpec, Team
 
@@ -59,6 +60,35 @@ def team_policy_hcl(team: Team) -> str:
     return "".join(f'path "{path}" {{\n  capabilities = ["{cap}"]\n}}\n' for path, cap in rules)
 
 
+def bound_claims(spec: PlatformSpec, team: Team) -> dict[str, list[str]]:
+    """The claims a team's Vault role binds (globs; AND across claims, OR within one).
+
+    The repository (the model keeps teams' patterns apart) and the org's id, so an org
+    re-created under the same name logs in nowhere; with ``self_hosted_only``, the runner
+    kind. With a context allowlist, ``sub`` as the IAM trust allows it — Vault has no
+    StringNotLike, so where one kind of context is listed its own claim (``ref`` or
+    ``environment``, which no template can dress up) is bound as well.
+    """
+    instance = spec.instance(team.instance)
+    claims = {
+        "repository": list(team.repositories),
+        "repository_owner_id": [str(instance.org_ids[team.org])],
+    }
+    if spec.vault.self_hosted_only:
+        claims["runner_environment"] = ["self-hosted"]
+    if team.refs or team.environments:
+        claims["sub"] = team_subjects(instance, team).allow
+        # Both kinds listed: both claims bound (AND). A workflow named like a ref context
+        # in a custom ``sub`` template could match an either-or ``sub`` glob, and Vault has
+        # no StringNotLike to guard it; so Vault asks for an allowed ref *and* an allowed
+        # environment where IAM (whose guards hold the ``sub``) takes either.
+        if team.refs:
+            claims["ref"] = list(team.refs)
+        if team.environments:
+            claims["environment"] = list(team.environments)
+    return claims
+
+
 def vault_config(spec: PlatformSpec) -> dict[str, Any]:
     """Mounts, roles and policies, keyed the way Vault's API names them."""
     vault = spec.vault
@@ -81,7 +111,7 @@ def vault_config(spec: PlatformSpec) -> dict[str, Any]:
                 # Vault >= 1.16.3 refuses tokens with an `aud` when none is bound.
                 "boundAudiences": [vault.audience],
                 "boundClaimsType": "glob",
-                "boundClaims": {"repository": list(team.repositories)},
+                "boundClaims": bound_claims(spec, team),
                 "tokenPolicies": [team_policy_name(team), *team.vault_policies],
                 "tokenTtl": vault.token_ttl_seconds,
                 "tokenMaxTtl": vault.token_max_ttl_seconds,

@@ -2,12 +2,15 @@
 
 Runs the real program under Pulumi's mocks with the stack's config file, lists every
 resource (type, name and the properties a reviewer looks at first) and runs the policy
-pack over them. Exit 0: clean; 1: a policy violation; 2: the stack config is invalid.
+pack over them, with the stack's policy config (``policies/config/<stack>.json``, the
+file ``pulumi preview --policy-pack-config`` takes) when there is one. Exit 0: clean; 1: a
+policy violation; 2: the stack config (or the policy config) is invalid.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections import Counter
 from pathlib import Path
@@ -71,7 +74,21 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--stack", default="dev", help="stack name (reads Pulumi.<stack>.yaml)")
     parser.add_argument("--config", type=Path, help="a stack config file to use instead")
+    parser.add_argument(
+        "--policy-config",
+        type=Path,
+        help="the policy pack's config (default: policies/config/<stack>.json, if present)",
+    )
     args = parser.parse_args(argv)
+    policy_file = args.policy_config or ROOT / "policies" / "config" / f"{args.stack}.json"
+    try:
+        policy_config = json.loads(policy_file.read_text()) if policy_file.exists() else {}
+    except ValueError as error:
+        print(f"plan: {policy_file} is not JSON: {error}", file=sys.stderr)
+        return 2
+    if args.policy_config and not policy_file.exists():
+        print(f"plan: no policy config at {policy_file}", file=sys.stderr)
+        return 2
     stack_file = args.config or ROOT / f"Pulumi.{args.stack}.yaml"
     if not stack_file.exists():
         print(f"plan: no stack config at {stack_file}", file=sys.stderr)
@@ -90,7 +107,13 @@ def main(argv: list[str] | None = None) -> int:
     print("\nBy type:")
     for type_token, count in sorted(Counter(r.type for r in recording.resources).items()):
         print(f"  {count:4}  {type_token}")
-    violations = evaluate((r.type, r.name, r.inputs) for r in recording.resources)
+    declared = [(r.type, r.name, r.inputs) for r in recording.resources]
+    violations = evaluate(declared, policy_config)
+    if policy_config:
+        # What the stack's policy config relaxes is part of the verdict: print it.
+        print(f"\nPolicy config {policy_file.name}:")
+        for policy, settings in policy_config.items():
+            print(f"  {policy}: {json.dumps(settings, sort_keys=True)}")
     print(f"\nPolicy pack 'runner-platform': {len(violations)} violation(s)")
     for violation in violations:
         print(

@@ -19,6 +19,7 @@ from controller.model.base import (
     GitHubLogin,
     HostName,
 )
+from controller.model.trust import GitHubId
 
 
 def _refuse_inline_secret(value: Any) -> Any:
@@ -65,6 +66,10 @@ class GitHubInstance(Frozen):
     """github.com enterprise with a customised OIDC issuer (…/<slug>)."""
     orgs: tuple[GitHubLogin, ...] = Field(min_length=1)
     """Organisations served on this instance."""
+    org_ids: dict[GitHubLogin, GitHubId] = Field(default_factory=dict)
+    """GitHub's numeric id of every org in 'orgs' (``gh api orgs/ORG --jq .id``; on GHES
+    add ``--hostname HOST``). IAM trust and Vault roles pin it, so an org re-created under
+    a freed name is a stranger."""
     apps: tuple[GitHubApp, ...] = Field(min_length=1)
     """GitHub Apps the controller authenticates as; several share the API budget."""
     webhook_secret: InlineSafeSecretRef
@@ -86,6 +91,34 @@ class GitHubInstance(Frozen):
             if not any(org in app.installations for app in self.apps):
                 raise ValueError(f"orgs: '{org}' has no App installation in 'apps'")
         return self
+
+    @model_validator(mode="after")
+    def _org_ids(self) -> GitHubInstance:
+        problems = [
+            f"org_ids.{org}: required: GitHub's id of the org ({self._id_command(org)}); "
+            "the teams' roles pin it"
+            for org in self.orgs
+            if org not in self.org_ids
+        ] + [
+            f"org_ids.{org}: '{org}' is not in 'orgs'"
+            for org in self.org_ids
+            if org not in self.orgs
+        ]
+        seen: dict[int, str] = {}
+        for org, org_id in self.org_ids.items():
+            if org_id in seen:
+                problems.append(
+                    f"org_ids.{org}: {org_id} is also the id of '{seen[org_id]}'; two orgs "
+                    "never share an id"
+                )
+            seen.setdefault(org_id, org)
+        if problems:
+            raise ValueError("\n".join(problems))
+        return self
+
+    def _id_command(self, org: str) -> str:
+        host = "" if self.kind == "cloud" else f"--hostname {self.host} "
+        return f"gh api {host}orgs/{org} --jq .id"
 
     @property
     def api_url(self) -> str:

@@ -23,6 +23,7 @@ from controller.model.base import (
     TeamSlug,
 )
 from controller.model.containers import BUILDKIT_IMAGE, DIND_IMAGE, ContainerMode
+from controller.model.trust import EnvironmentName, GitHubId, RefPattern, glob_shape_problem
 
 
 class RunnerResources(Frozen):
@@ -42,6 +43,9 @@ def _repository(value: str) -> str:
         raise ValueError(
             f"'{value}' is not 'org/repo' (globs are allowed in the repository part only)"
         )
+    problem = glob_shape_problem(value.split("/", 1)[1])
+    if problem is not None:
+        raise ValueError(f"'{value}' {problem}")
     return value
 
 
@@ -70,10 +74,22 @@ class Team(Frozen):
     github_teams: tuple[TeamSlug, ...] = Field(min_length=1)
     """GitHub team slugs whose active members may run jobs."""
     repositories: tuple[Repository, ...] = Field(min_length=1)
-    """org/repo names (globs in the repo part) whose jobs the team runs."""
+    """org/repo names whose jobs the team runs ('*' globs in the repo part: 'web-*',
+    '*-admin', 'web-*-app'; never matching another team's)."""
     allow_org_wide: bool = Field(
         default=False, description="Permit 'org/*': every repository of the organisation."
     )
+    repository_ids: dict[str, GitHubId] = Field(default_factory=dict)
+    """GitHub's id of each exact (glob-free) repository on github.com
+    (``gh api repos/ORG/REPO --jq .id``): required there, where the id-form subject
+    carries it, so a repository re-created under the same name is a stranger."""
+    refs: tuple[RefPattern, ...] = ()
+    """Only jobs on these refs may use the team's roles ('refs/heads/main', 'refs/tags/v*';
+    a trailing '*' only). With environments: either. Both empty: any ref, environment or
+    pull request."""
+    environments: tuple[EnvironmentName, ...] = ()
+    """Only jobs in these deployment environments may use the team's roles (with refs:
+    either)."""
     pools: tuple[DnsLabel, ...] = Field(min_length=1)
     """Pools the team's runners may use (its isolated pools included)."""
     runner_group: str = Field(default="", max_length=100)
@@ -91,7 +107,8 @@ class Team(Frozen):
     job_timeout_minutes: int = Field(default=360, ge=5, le=7200)
     """Pod deadline; also sizes node termination grace."""
     vault_policies: tuple[str, ...] = ()
-    """Extra Vault policies for the team's role."""
+    """Extra Vault policies for the team's role (never 'root' or a platform 'runner-*' one;
+    its own runner-<name> is always attached)."""
     aws_managed_policy_arns: tuple[PolicyArn, ...] = ()
     """IAM policies attached to github-runner-<team>-role."""
     session_duration_seconds: int = Field(default=MAX_SESSION_SECONDS, ge=900, le=3600)

@@ -27,6 +27,7 @@ def small_spec(suffix: str) -> PlatformSpec:
                     "name": "cloud",
                     "kind": "cloud",
                     "orgs": [f"acme-{suffix}"],
+                    "org_ids": {f"acme-{suffix}": 1},
                     "apps": [
                         {
                             "app_id": 1,
@@ -68,6 +69,7 @@ def small_spec(suffix: str) -> PlatformSpec:
                     "org": f"acme-{suffix}",
                     "github_teams": ["web"],
                     "repositories": [f"acme-{suffix}/site"],
+                    "repository_ids": {f"acme-{suffix}/site": 2},
                     "pools": [general, gpu, nvme],
                     "max_runners": 10,
                     # Plain runners: these tests place runner pods alone (no work volume to

@@ -9,17 +9,22 @@ from typing import Any
 
 from components.vault import vault_config
 from components.vault_provider import VaultObjectProvider
+from controller.model import PlatformSpec
 from localenv.github import GitHubEmulator
 from localenv.services import OpenBao, Postgres
 from tests.integration.router_support import dev_spec
 
 
 def vault_objects(
-    openbao: OpenBao, cloud: GitHubEmulator, ghes: GitHubEmulator, suffix: str
+    openbao: OpenBao,
+    cloud: GitHubEmulator,
+    ghes: GitHubEmulator,
+    suffix: str,
+    spec: PlatformSpec | None = None,
 ) -> list[dict[str, Any]]:
-    """The spec's Vault config, pointed at the emulators' issuers and unique mount paths."""
-    spec = dev_spec()
-    config = vault_config(spec)
+    """The spec's Vault config (the dev stack's by default), pointed at the emulators'
+    issuers and unique mount paths."""
+    config = vault_config(spec or dev_spec())
     issuers = {"jwt-cloud": cloud.oidc.issuer, "jwt-ghes": ghes.oidc.issuer}
     connection = {"address": openbao.address, "token": openbao.token}
     objects: list[dict[str, Any]] = []
@@ -55,12 +60,12 @@ def vault_objects(
 
 @contextmanager
 def applied_vault(
-    openbao: OpenBao, cloud: GitHubEmulator, ghes: GitHubEmulator
+    openbao: OpenBao, cloud: GitHubEmulator, ghes: GitHubEmulator, spec: PlatformSpec | None = None
 ) -> Iterator[tuple[str, list[dict[str, Any]]]]:
     """The spec's Vault objects applied under a fresh suffix; removed afterwards."""
     suffix = uuid.uuid4().hex[:6]
     provider = VaultObjectProvider()
-    objects = vault_objects(openbao, cloud, ghes, suffix)
+    objects = vault_objects(openbao, cloud, ghes, suffix, spec)
     created = []
     try:
         for props in objects:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import subprocess
 import sys
 from typing import Any
@@ -10,7 +11,7 @@ import pytest
 
 from components.iam_documents import github_runner_trust_policy, oidc_provider_arn
 from controller.identity.access import access_matrix, team_for, trust_allows
-from controller.model import PlatformSpec, load_spec
+from controller.model import PlatformSpec, Team, load_spec
 from localenv.github.oidc import OidcIssuer
 from tests.conftest import DEV_DOCUMENT, ROOT
 
@@ -36,18 +37,33 @@ SUBJECTS = [
     {"ref": "refs/heads/main"},
     {"ref": "refs/tags/v1"},
     {"environment": "prod"},
+    {"environment": "production"},
     {"event_name": "pull_request"},
 ]
+
+
+def _context_allowed(team: Team, subject: dict[str, str]) -> bool:
+    """The team's allowlist (refs, environments) as the access matrix states it."""
+    if not team.refs and not team.environments:
+        return True
+    if "environment" in subject:
+        return subject["environment"] in team.environments
+    if subject.get("event_name") == "pull_request":
+        return False
+    return subject["ref"] in team.refs
 
 
 def _claims(
     spec: PlatformSpec, instance: str, repository: str, owner_ids: bool, **extra: Any
 ) -> tuple[str, dict[str, Any]]:
     issuer = spec.instance(instance).oidc_issuer
-    claims = OidcIssuer(issuer, owner_ids=owner_ids).claims(
-        repository, audience="sts.amazonaws.com", **extra
-    )
+    claims = _issuer(issuer, owner_ids).claims(repository, audience="sts.amazonaws.com", **extra)
     return issuer, claims
+
+
+@functools.cache
+def _issuer(issuer: str, owner_ids: bool) -> OidcIssuer:
+    return OidcIssuer(issuer, owner_ids=owner_ids)  # one RSA key per issuer, not per token
 
 
 @pytest.mark.parametrize("owner_ids", [False, True], ids=["plain sub", "owner@id sub"])
@@ -69,7 +85,10 @@ def test_generated_trust_agrees_with_the_matrix_for_every_team_and_repository(
                 allowed = trust_allows(trust, claims, issuer=issuer, provider_arn=token_provider)
                 owner = team_for(spec, token_instance, repository)
                 expected = (
-                    owner is not None and owner.name == team.name and token_provider == provider
+                    owner is not None
+                    and owner.name == team.name
+                    and token_provider == provider
+                    and _context_allowed(team, subject)
                 )
                 assert allowed == expected, (team.name, token_instance, repository, subject)
                 assert matrix[team.name].iam_role == team.role_name
@@ -101,6 +120,18 @@ def test_wrong_audience_or_provider_is_refused() -> None:
         ({"StringLike": {"i:repository": "a/b"}}, "repo:a/b:pull_request", False),
         ({"ForAnyValue:StringLike": {"i:sub": "*"}}, "repo:a/b:pull_request", False),
         ({}, "repo:a/b:pull_request", True),
+        (
+            {"StringLike": {"i:sub": "repo:a/*"}, "StringNotLike": {"i:sub": "repo:a/x:*"}},
+            "repo:a/x:pull_request",
+            False,
+        ),
+        (
+            {"StringLike": {"i:sub": "repo:a/*"}, "StringNotLike": {"i:sub": "repo:a/x:*"}},
+            "repo:a/y:pull_request",
+            True,
+        ),
+        ({"StringNotEquals": {"i:sub": "repo:a/b:pull_request"}}, "repo:a/b:pull_request", False),
+        ({"StringNotLike": {"i:repository": "a/b"}}, "repo:a/b:pull_request", True),
     ],
     ids=[
         "glob",
@@ -112,6 +143,10 @@ def test_wrong_audience_or_provider_is_refused() -> None:
         "unsupported key fails",
         "unknown operator fails",
         "no condition",
+        "not-like excludes",
+        "not-like passes others",
+        "not-equals excludes",
+        "negated operator passes a missing key",
     ],
 )
 def test_iam_condition_semantics(condition: dict[str, Any], sub: str, allowed: bool) -> None:
@@ -160,3 +195,28 @@ def test_access_matrix_cli_refuses_a_bad_stack(tmp_path: Any) -> None:
         timeout=60,
     )
     assert result.returncode == 2 and "invalid platform spec" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("statement", "allowed"),
+    [
+        ({"Action": "sts:AssumeRoleWith*"}, True),
+        ({"Action": "STS:assumerolewithwebidentity"}, True),
+        ({"Action": ["s3:*", "sts:*"]}, True),
+        ({"Action": "sts:AssumeRole"}, False),
+        ({"NotAction": "s3:*"}, True),
+        ({"NotAction": "sts:AssumeRoleWith*"}, False),
+    ],
+    ids=[
+        "glob",
+        "caseless",
+        "service wildcard",
+        "another action",
+        "not-action",
+        "not-action excludes",
+    ],
+)
+def test_actions_match_as_iam_matches_them(statement: dict[str, Any], allowed: bool) -> None:
+    trust = {"Statement": [{"Effect": "Allow", "Principal": {"Federated": "p"}, **statement}]}
+    claims = {"sub": "repo:a/b:pull_request", "aud": "x"}
+    assert trust_allows(trust, claims, issuer="https://i", provider_arn="p") is allowed
