@@ -31,6 +31,7 @@ NodePools(
     karpenter.node_role_name,
     cluster.provider,
     depends_on=[karpenter.release, cilium.release],
+    cluster=cluster,
 )
 WorkVolumeStorage("work-volumes", spec, cluster, partition)
 oidc = GitHubOidc("github-oidc", spec, account_id, partition)

@@ -1,4 +1,11 @@
-"""The EKS cluster: network, control plane, system node group and a Kubernetes provider."""
+"""The EKS cluster: network, control plane, system node group and a Kubernetes provider.
+
+No node role carries the VPC CNI's permissions: in chaining mode ``aws-node`` (the EKS
+``vpc-cni`` add-on) assumes its own role through IRSA, so a pod that reaches a node's
+credentials cannot rewire the VPC's network interfaces. The system nodes require IMDSv2
+with a hop limit of 1 (their pods cannot reach instance metadata) and carry a security
+group of their own, the only source Redis admits.
+"""
 
 from __future__ import annotations
 
@@ -12,15 +19,22 @@ import pulumi_eks as eks
 import pulumi_kubernetes as k8s
 
 from components import iam_documents
+from components.k8s_objects import SYSTEM_NODE_LABEL
 from controller.model import ClusterSettings
 
 DISCOVERY_TAG = "karpenter.sh/discovery"
 NODE_POLICIES = (
     "AmazonEKSWorkerNodePolicy",
-    "AmazonEKS_CNI_Policy",
     "AmazonEC2ContainerRegistryReadOnly",
     "AmazonSSMManagedInstanceCore",
 )
+# The VPC CNI's EC2 rights: on aws-node's own IRSA role in chaining mode. In ENI mode
+# Cilium's operator allocates the interfaces; it runs on system nodes with the host's
+# network, so there (and only there) the system node role keeps them.
+CNI_POLICY = "AmazonEKS_CNI_Policy"
+VPC_CNI_ADDON = "vpc-cni"
+VPC_CNI_NAMESPACE = "kube-system"
+VPC_CNI_SERVICE_ACCOUNT = "aws-node"
 
 
 @dataclass(frozen=True)
@@ -45,7 +59,24 @@ def subnet_plan(cidr: str, zones: int) -> SubnetPlan:
 
 
 def node_policy_arns(partition: str) -> list[str]:
+    """Managed policies of a node role: joining the cluster, pulling from ECR, SSM."""
     return [f"arn:{partition}:iam::aws:policy/{name}" for name in NODE_POLICIES]
+
+
+def cni_policy_arn(partition: str) -> str:
+    return f"arn:{partition}:iam::aws:policy/{CNI_POLICY}"
+
+
+def system_node_policy_arns(settings: ClusterSettings, partition: str) -> list[str]:
+    """The system node role: a node role's, plus the CNI's rights in ENI mode (Cilium's
+    operator, which runs there on the host network, allocates the interfaces)."""
+    extra = [cni_policy_arn(partition)] if settings.cilium_mode == "eni" else []
+    return [*node_policy_arns(partition), *extra]
+
+
+# IMDSv2 only, one hop: a pod (one hop further) never reaches the node's credentials.
+IMDS_TOKENS = "required"
+IMDS_HOP_LIMIT = 1
 
 
 class Network(pulumi.ComponentResource):
@@ -145,6 +176,10 @@ class Cluster(pulumi.ComponentResource):
     oidc_issuer: pulumi.Output[str]
     private_subnet_ids: pulumi.Output[list[str]]
     vpc_id: pulumi.Output[str]
+    cluster_security_group_id: pulumi.Output[str]
+    system_security_group_id: pulumi.Output[str]
+    partition: str
+    settings: ClusterSettings
 
     def __init__(
         self,
@@ -156,6 +191,8 @@ class Cluster(pulumi.ComponentResource):
         super().__init__("runner-platform:cluster:Cluster", name, None, opts)
         child = pulumi.ResourceOptions(parent=self)
         self.name = settings.name
+        self.partition = partition
+        self.settings = settings
         if settings.vpc.vpc_id is None:
             network = Network(f"{name}-network", settings, opts=child)
             vpc_id: pulumi.Input[str] = network.vpc_id
@@ -192,6 +229,46 @@ class Cluster(pulumi.ComponentResource):
             public_access_cidrs=list(endpoint.public_access_cidrs) or None,
             enabled_cluster_log_types=list(settings.log_types),
             kubernetes_service_ip_address_range=settings.service_cidr,
+            # EKS's own aws-node until the vpc-cni add-on below takes it over with IRSA.
+            use_default_vpc_cni=True,
+            tags=settings.tags,
+            opts=child,
+        )
+        self.oidc_provider_arn = self.eks_cluster.oidc_provider_arn
+        self.oidc_issuer = self.eks_cluster.oidc_issuer
+        self.vpc_id = pulumi.Output.from_input(vpc_id)
+        # EKS's cluster security group: the control plane's interfaces and every node that
+        # is not in an isolated pool.
+        self.cluster_security_group_id = self.eks_cluster.cluster_security_group_id
+        before_nodes: list[pulumi.Resource] = [self.eks_cluster]
+        if settings.cilium_mode == "chaining":
+            before_nodes.append(self._vpc_cni(name))
+        system_group = aws.ec2.SecurityGroup(
+            f"{name}-system-nodes",
+            vpc_id=vpc_id,
+            description=f"System nodes of {settings.name}: the only source Redis admits",
+            egress=[
+                aws.ec2.SecurityGroupEgressArgs(
+                    protocol="-1", from_port=0, to_port=0, cidr_blocks=["0.0.0.0/0"]
+                )
+            ],
+            tags={**settings.tags, "Name": f"{settings.name}-system-nodes"},
+            opts=child,
+        )
+        self.system_security_group_id = system_group.id
+        # With its own security groups a launch template replaces EKS's default, so the
+        # cluster security group is listed too (nodes reach the control plane through it).
+        template = aws.ec2.LaunchTemplate(
+            f"{name}-system",
+            description=f"System nodes of {settings.name}: IMDSv2, hop limit 1",
+            metadata_options=aws.ec2.LaunchTemplateMetadataOptionsArgs(
+                http_endpoint="enabled",
+                http_tokens=IMDS_TOKENS,
+                http_put_response_hop_limit=IMDS_HOP_LIMIT,
+                instance_metadata_tags="disabled",
+            ),
+            vpc_security_group_ids=[self.cluster_security_group_id, system_group.id],
+            update_default_version=True,
             tags=settings.tags,
             opts=child,
         )
@@ -207,7 +284,7 @@ class Cluster(pulumi.ComponentResource):
             aws.iam.RolePolicyAttachment(
                 f"{name}-system-node-{index}", role=node_role.name, policy_arn=arn, opts=child
             )
-            for index, arn in enumerate(node_policy_arns(partition))
+            for index, arn in enumerate(system_node_policy_arns(settings, partition))
         ]
         nodes = settings.system_nodes
         aws.eks.NodeGroup(
@@ -218,22 +295,47 @@ class Cluster(pulumi.ComponentResource):
             instance_types=list(nodes.instance_types),
             ami_type="AL2023_x86_64_STANDARD",
             capacity_type="ON_DEMAND",
-            labels={"runner-platform.io/system": "true"},
+            labels={SYSTEM_NODE_LABEL: "true"},
+            launch_template=aws.eks.NodeGroupLaunchTemplateArgs(
+                id=template.id, version=template.latest_version.apply(str)
+            ),
             scaling_config=aws.eks.NodeGroupScalingConfigArgs(
                 min_size=nodes.min_size, desired_size=nodes.desired_size, max_size=nodes.max_size
             ),
             tags=settings.tags,
-            opts=pulumi.ResourceOptions(parent=self, depends_on=[self.eks_cluster, *attachments]),
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[*before_nodes, *attachments]),
         )
         self.kubeconfig = pulumi.Output.secret(self.eks_cluster.kubeconfig_json)
         self.provider = k8s.Provider(
             f"{name}-k8s", kubeconfig=self.kubeconfig, enable_server_side_apply=True, opts=child
         )
-        self.oidc_provider_arn = self.eks_cluster.oidc_provider_arn
-        self.oidc_issuer = self.eks_cluster.oidc_issuer
         self.private_subnet_ids = pulumi.Output.from_input(private_ids)
-        self.vpc_id = pulumi.Output.from_input(vpc_id)
         self.register_outputs({"cluster_name": self.name, "kubeconfig": self.kubeconfig})
+
+    def _vpc_cni(self, name: str) -> pulumi.Resource:
+        """The vpc-cni add-on with aws-node on its own IRSA role (before any node joins)."""
+        child = pulumi.ResourceOptions(parent=self)
+        role = aws.iam.Role(
+            f"{name}-vpc-cni",
+            assume_role_policy=self.irsa_trust(VPC_CNI_NAMESPACE, VPC_CNI_SERVICE_ACCOUNT),
+            max_session_duration=3600,
+            tags=self.settings.tags,
+            opts=child,
+        )
+        attachment = aws.iam.RolePolicyAttachment(
+            f"{name}-vpc-cni", role=role.name, policy_arn=cni_policy_arn(self.partition), opts=child
+        )
+        return aws.eks.Addon(
+            f"{name}-vpc-cni",
+            cluster_name=self.settings.name,
+            addon_name=VPC_CNI_ADDON,
+            service_account_role_arn=role.arn,
+            # Takes over the aws-node EKS installed at creation (which ran on node roles).
+            resolve_conflicts_on_create="OVERWRITE",
+            resolve_conflicts_on_update="OVERWRITE",
+            tags=self.settings.tags,
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[self.eks_cluster, attachment]),
+        )
 
     def irsa_trust(self, namespace: str, service_account: str) -> pulumi.Output[str]:
         """Trust policy JSON for one ServiceAccount through this cluster's OIDC provider."""

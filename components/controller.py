@@ -14,7 +14,10 @@ from controller.model import PlatformSpec, RuntimeFacts
 
 
 class Redis(pulumi.ComponentResource):
-    """A replicated ElastiCache Redis with TLS in transit, encryption at rest and AUTH."""
+    """A replicated ElastiCache Redis with TLS in transit, encryption at rest and AUTH,
+    reachable only from the system nodes' security group: the controller runs there, no
+    runner can (Karpenter's nodes are never system nodes), and runner pods' egress excludes
+    the VPC besides."""
 
     endpoint: pulumi.Output[str]
     auth_token: pulumi.Output[str]
@@ -25,6 +28,7 @@ class Redis(pulumi.ComponentResource):
         spec: PlatformSpec,
         vpc_id: pulumi.Input[str],
         subnet_ids: pulumi.Input[list[str]],
+        client_security_group_id: pulumi.Input[str],
         opts: pulumi.ResourceOptions | None = None,
     ) -> None:
         super().__init__("runner-platform:controller:Redis", name, None, opts)
@@ -41,7 +45,8 @@ class Redis(pulumi.ComponentResource):
                     protocol="tcp",
                     from_port=6379,
                     to_port=6379,
-                    cidr_blocks=[spec.cluster.vpc.cidr],
+                    security_groups=[client_security_group_id],
+                    description="the controller (system nodes)",
                 )
             ],
             tags=tags,
@@ -98,7 +103,14 @@ class ControllerDeployment(pulumi.ComponentResource):
             tags=spec.cluster.tags,
             opts=child,
         )
-        redis = Redis(f"{name}-redis", spec, vpc_id, cluster.private_subnet_ids, opts=child)
+        redis = Redis(
+            f"{name}-redis",
+            spec,
+            vpc_id,
+            cluster.private_subnet_ids,
+            cluster.system_security_group_id,
+            opts=child,
+        )
         runtime_json = pulumi.Output.all(redis.endpoint, *team_role_arns.values()).apply(
             lambda values: RuntimeFacts(
                 team_role_arns=dict(zip(team_role_arns, values[1:], strict=True)),

@@ -16,6 +16,15 @@ import pulumi
 import pulumi_kubernetes as k8s
 
 Manifest = dict[str, Any]
+# The label of the system node group's nodes: Karpenter, Cilium's operator and the
+# controller run there, never on runner nodes (the model reserves the whole
+# runner-platform.io/ label domain, so no pool can carry it).
+SYSTEM_NODE_LABEL = "runner-platform.io/system"
+# Karpenter labels every node it launches with its NodePool; system nodes never have it.
+KARPENTER_NODEPOOL_LABEL = "karpenter.sh/nodepool"
+# Objects the cluster makes by itself in every namespace: the program patches their fields
+# instead of creating them (a create would find them there already).
+_CLUSTER_MADE: set[tuple[str, str, str]] = {("v1", "ServiceAccount", "default")}
 
 _TYPED: dict[tuple[str, str], Callable[..., pulumi.CustomResource]] = {
     ("v1", "Namespace"): k8s.core.v1.Namespace,
@@ -56,11 +65,22 @@ def resource_name(manifest: Manifest) -> str:
     return "-".join(part for part in parts if part)
 
 
+def cluster_made(manifest: Manifest) -> bool:
+    """Whether the cluster creates this object itself (a namespace's ``default``
+    ServiceAccount): the program declares it as a server-side-apply patch."""
+    key = (manifest["apiVersion"], manifest["kind"], manifest["metadata"]["name"])
+    return key in _CLUSTER_MADE
+
+
 def declare(manifest: Manifest, opts: pulumi.ResourceOptions) -> pulumi.CustomResource:
     api_version, kind = manifest["apiVersion"], manifest["kind"]
     body = {key: value for key, value in manifest.items() if key not in ("apiVersion", "kind")}
     typed = _TYPED.get((api_version, kind))
     name = resource_name(manifest)
+    if cluster_made(manifest):
+        return k8s.core.v1.ServiceAccountPatch(
+            name, opts=opts, **{_snake(key): value for key, value in body.items()}
+        )
     if typed is None:
         return k8s.apiextensions.CustomResource(
             name, api_version=api_version, kind=kind, opts=opts, **body

@@ -92,7 +92,7 @@ def markdown() -> str:
             lines += [doc[0], ""]
         lines += ["| key | type | default | description |", "|---|---|---|---|"]
         for name, field in model.model_fields.items():
-            description = (field.description or "").replace("|", "\\|")
+            description = " ".join((field.description or "").split()).replace("|", "\\|")
             lines.append(
                 f"| `{name}` | {_type_name(field.annotation)} | {_default(field)} | {description} |"
             )

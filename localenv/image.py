@@ -313,6 +313,7 @@ _CONTAINER_SECURITY = {
 _POD_IGNORED = {
     "serviceAccountName",
     "nodeSelector",
+    "affinity",
     "topologySpreadConstraints",
     "containers",
     "volumes",

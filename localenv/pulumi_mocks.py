@@ -82,6 +82,7 @@ class RecordingMocks(pulumi.runtime.Mocks):
                 "oidc.eks.us-west-2.amazonaws.com/id/MOCK",
                 oidcProviderUrl="https://oidc.eks.us-west-2.amazonaws.com/id/MOCK",
                 oidcIssuer="oidc.eks.us-west-2.amazonaws.com/id/MOCK",
+                clusterSecurityGroupId="sg-0c1u5te7000000000",
             )
         elif args.typ.startswith("aws:iam/"):
             kind = args.typ.rsplit(":", 1)[-1].lower()

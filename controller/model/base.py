@@ -32,6 +32,19 @@ CILIUM_STARTUP_TAINT = "node.cilium.io/agent-not-ready"
 # preempt the warm-capacity placeholders.
 RUNNER_SERVICE_ACCOUNT = "runner"
 RUNNER_PRIORITY_CLASS = "runner-platform-runner"
+# Node labels and taints in this domain (and its subdomains) are the platform's own: the
+# system nodes' label draws the controller, which holds the App keys and webhook secrets,
+# and the pool kind and owner labels tell the policy pack which pools are isolated.
+PLATFORM_DOMAIN = "runner-platform.io"
+
+
+def in_platform_domain(key: str) -> bool:
+    """Whether a label or taint key is in the platform's reserved domain."""
+    prefix, slash, _ = key.partition("/")
+    if not slash:
+        return False
+    prefix = prefix.lower()
+    return prefix == PLATFORM_DOMAIN or prefix.endswith(f".{PLATFORM_DOMAIN}")
 
 
 # --- scalar checks -------------------------------------------------------------------

@@ -2,20 +2,92 @@
 
 from __future__ import annotations
 
-from typing import Literal
+import ipaddress
+import json
+from collections.abc import Iterable
+from typing import Annotated, Literal
 
 from pydantic import (
+    AfterValidator,
     Field,
     model_validator,
 )
 
 from controller.model.base import MAX_VAULT_TTL_SECONDS, Cidr, DnsLabel, Frozen, HostName
 from controller.model.images import Environment
+from controller.model.trust import STS_AUDIENCE
+
+IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+# The shortest prefix a public endpoint may list, per IP version: a /8 is 16 million IPv4
+# addresses (a whole carrier); no organisation's egress needs a wider IPv6 block than /32.
+MIN_PUBLIC_PREFIX = {4: 8, 6: 32}
+_IPV4_MAPPED = ipaddress.IPv6Network("::ffff:0:0/96")
+
+
+def as_ipv4_equivalent(network: IpNetwork) -> IpNetwork:
+    """An IPv4-mapped IPv6 block (``::ffff:0:0/96`` and inside) is the IPv4 block it maps."""
+    if isinstance(network, ipaddress.IPv6Network) and network.subnet_of(_IPV4_MAPPED):
+        mapped = network.network_address.ipv4_mapped
+        assert mapped is not None
+        return ipaddress.IPv4Network(f"{mapped}/{network.prefixlen - 96}")
+    return network
+
+
+def whole_space_covered(networks: Iterable[IpNetwork]) -> list[int]:
+    """The IP versions (4, 6) whose every address some block of ``networks`` contains."""
+    covered = []
+    by_version: dict[int, list[IpNetwork]] = {4: [], 6: []}
+    for network in networks:
+        by_version[network.version].append(network)
+    for version, blocks in by_version.items():
+        collapsed = list(ipaddress.collapse_addresses(blocks))  # type: ignore[type-var]
+        if len(collapsed) == 1 and collapsed[0].prefixlen == 0:
+            covered.append(version)
+    return covered
+
+
+def open_cidr_problems(field: str, cidrs: Iterable[str]) -> list[str]:
+    """Why a public endpoint's CIDR list opens the API too widely, one line per problem.
+
+    Each block is parsed (IPv4 and IPv6; an IPv4-mapped IPv6 block counts as the IPv4
+    block it maps) and refused when its prefix is shorter than :data:`MIN_PUBLIC_PREFIX`;
+    the set is refused when the union of its blocks is a whole address space, however it
+    is cut (``0.0.0.0/1`` + ``128.0.0.0/1``, four ``/2``, ``::/0``).
+    """
+    problems: list[str] = []
+    networks: list[IpNetwork] = []
+    for index, cidr in enumerate(cidrs):
+        try:
+            network = as_ipv4_equivalent(ipaddress.ip_network(cidr))
+        except ValueError:
+            problems.append(f"{field}[{index}]: '{cidr}' is not a CIDR block")
+            continue
+        networks.append(network)
+        shortest = MIN_PUBLIC_PREFIX[network.version]
+        if 0 < network.prefixlen < shortest:
+            problems.append(
+                f"{field}[{index}]: '{cidr}' is a /{network.prefixlen} "
+                f"({network.num_addresses:,} addresses); a public endpoint takes IPv"
+                f"{network.version} blocks of /{shortest} or narrower"
+            )
+    for version in whole_space_covered(networks):
+        listed = [str(n) for n in networks if n.version == version]
+        everything = "0.0.0.0/0" if version == 4 else "::/0"
+        if everything in listed:
+            problems.append(f"{field}: {everything} opens the API to the internet")
+        else:
+            problems.append(
+                f"{field}: {listed} together cover every IPv{version} address "
+                f"(as {everything} does): that opens the API to the internet"
+            )
+    return problems
 
 
 class VpcSettings(Frozen):
     cidr: Cidr = "10.0.0.0/16"
-    """VPC CIDR (also excluded from runner egress)."""
+    """CIDR of the VPC the platform creates (excluded from runner egress)."""
+    cidrs: tuple[Cidr, ...] = ()
+    """Every block of an existing VPC, primary and secondary (with vpc_id; runners reach none)."""
     vpc_id: str | None = Field(default=None, pattern=r"^vpc-[0-9a-f]+$")
     """An existing VPC; leave out to create one."""
     private_subnet_ids: tuple[str, ...] = ()
@@ -29,9 +101,35 @@ class VpcSettings(Frozen):
     def _create_or_existing(self) -> VpcSettings:
         if self.vpc_id is None and (self.private_subnet_ids or self.public_subnet_ids):
             raise ValueError("subnet ids need 'vpc_id' (leave all out to create a VPC)")
-        if self.vpc_id is not None and len(self.private_subnet_ids) < 2:
-            raise ValueError("an existing VPC needs at least two 'private_subnet_ids'")
+        if self.vpc_id is None and self.cidrs:
+            raise ValueError(
+                "cidrs: lists an existing VPC's blocks and needs 'vpc_id'; a VPC the platform "
+                "creates has the one 'cidr'"
+            )
+        if self.vpc_id is not None:
+            if len(self.private_subnet_ids) < 2:
+                raise ValueError("an existing VPC needs at least two 'private_subnet_ids'")
+            if "cidr" in self.model_fields_set:
+                raise ValueError(
+                    "cidr: is for a VPC the platform creates; an existing VPC lists every block "
+                    "in 'cidrs'"
+                )
+            if not self.cidrs:
+                raise ValueError(
+                    "an existing VPC needs 'cidrs': every CIDR block of the VPC (primary and "
+                    "secondary), so runner egress excludes all of it"
+                )
+            if not any(ipaddress.ip_network(c).version == 4 for c in self.cidrs):
+                raise ValueError(
+                    "cidrs: lists no IPv4 block, yet every VPC has one (its primary block): "
+                    "list every block of the VPC"
+                )
         return self
+
+    @property
+    def all_cidrs(self) -> tuple[str, ...]:
+        """Every block of the VPC: the listed ones of an existing VPC, else the created one."""
+        return self.cidrs if self.vpc_id is not None else (self.cidr,)
 
 
 class EndpointSettings(Frozen):
@@ -40,9 +138,9 @@ class EndpointSettings(Frozen):
     public_access: bool = False
     """Reach the API from the internet (needs public_access_cidrs)."""
     public_access_cidrs: tuple[Cidr, ...] = ()
-    """CIDRs allowed to the public endpoint."""
+    """CIDRs allowed to the public endpoint (each IPv4 /8, IPv6 /32 or narrower; never all)."""
     allow_public_from_anywhere: bool = False
-    """Allow 0.0.0.0/0 in public_access_cidrs."""
+    """Allow public_access_cidrs that open the API to the internet (0.0.0.0/0 and the like)."""
 
     @model_validator(mode="after")
     def _not_open(self) -> EndpointSettings:
@@ -50,11 +148,15 @@ class EndpointSettings(Frozen):
             raise ValueError("the API endpoint needs private_access or public_access")
         if self.public_access and not self.public_access_cidrs:
             raise ValueError("public_access needs public_access_cidrs (EKS would open it to all)")
-        if "0.0.0.0/0" in self.public_access_cidrs and not self.allow_public_from_anywhere:
-            raise ValueError(
-                "public_access_cidrs: 0.0.0.0/0 opens the API to the internet; "
-                "set allow_public_from_anywhere: true if that is meant"
-            )
+        if not self.allow_public_from_anywhere:
+            problems = open_cidr_problems("public_access_cidrs", self.public_access_cidrs)
+            if problems:
+                raise ValueError(
+                    "\n".join(
+                        f"{line}; set allow_public_from_anywhere: true if that is meant"
+                        for line in problems
+                    )
+                )
         return self
 
 
@@ -129,8 +231,10 @@ class ControllerSettings(Frozen):
     """Host name GitHub sends webhooks to."""
     ingress_class: str = "alb"
     """Ingress class of the webhook Ingress."""
+    ingress_controller_namespace: DnsLabel | None = None
+    """An in-cluster ingress controller's namespace (class not 'alb'): the only source admitted."""
     ingress_annotations: dict[str, str] = Field(default_factory=dict)
-    """Annotations of the webhook Ingress (TLS, scheme, …)."""
+    """Annotations of the webhook Ingress (scheme, certificate, …); it always serves TLS."""
     webhook_body_limit_bytes: int = Field(default=1 << 20, ge=1024, le=25 << 20)
     """Largest webhook body accepted."""
     cloudwatch_namespace: str = "RunnerPlatform"
@@ -138,12 +242,97 @@ class ControllerSettings(Frozen):
     redis: RedisSettings = RedisSettings()
     """ElastiCache Redis settings."""
 
+    @model_validator(mode="after")
+    def _ingress_path(self) -> ControllerSettings:
+        problems = ingress_annotation_problems(self.ingress_annotations)
+        if self.ingress_class != "alb" and self.ingress_controller_namespace is None:
+            problems.append(
+                f"ingress_controller_namespace: required with ingress class "
+                f"'{self.ingress_class}': the controller admits webhooks only from the pods of "
+                "that namespace (an ALB reaches the pods from the VPC instead)"
+            )
+        if self.ingress_class == "alb" and self.ingress_controller_namespace is not None:
+            problems.append(
+                "ingress_controller_namespace: is for an in-cluster ingress controller; an "
+                "ALB reaches the pods from the VPC"
+            )
+        if problems:
+            raise ValueError("\n".join(problems))
+        return self
+
+
+ALB_TARGET_TYPE = "alb.ingress.kubernetes.io/target-type"
+ALB_LISTEN_PORTS = "alb.ingress.kubernetes.io/listen-ports"
+ALB_SSL_REDIRECT = "alb.ingress.kubernetes.io/ssl-redirect"
+
+
+def ingress_annotation_problems(annotations: dict[str, str]) -> list[str]:
+    """Annotations that would open another path to the controller or drop TLS."""
+    problems: list[str] = []
+    target = annotations.get(ALB_TARGET_TYPE)
+    if target is not None and target != "ip":
+        problems.append(
+            f"ingress_annotations: '{ALB_TARGET_TYPE}' is '{target}'; the ALB must send to "
+            "the pods' own addresses ('ip'): the controller admits webhooks only from the "
+            "load balancer, never through a node port every node opens"
+        )
+    ports = annotations.get(ALB_LISTEN_PORTS)
+    if ports is not None:
+        try:
+            listeners = json.loads(ports)
+            protocols = {str(k).upper() for item in listeners for k in dict(item)}
+        except (ValueError, TypeError):
+            problems.append(
+                f"ingress_annotations: '{ALB_LISTEN_PORTS}' is not a JSON list of "
+                "listeners ('[{\"HTTPS\": 443}]')"
+            )
+        else:
+            if "HTTP" in protocols and ALB_SSL_REDIRECT not in annotations:
+                problems.append(
+                    f"ingress_annotations: '{ALB_LISTEN_PORTS}' opens a plain HTTP listener "
+                    f"without '{ALB_SSL_REDIRECT}': webhooks and their signatures would cross "
+                    "the internet unencrypted"
+                )
+    return problems
+
+
+def _https_address(value: str) -> str:
+    if not value.startswith("https://"):
+        raise ValueError(
+            f"'{value}' is not https: a job sends its GitHub token to Vault and gets a Vault "
+            "token back, and both would cross the network in clear"
+        )
+    if "@" in value:
+        raise ValueError(
+            f"'{value}' carries user information ('…@host'): the host is what follows the "
+            "'@', not what the address seems to name; give the Vault host alone"
+        )
+    return value
+
+
+def _vault_audience(value: str) -> str:
+    if value.strip().strip("/").lower() == STS_AUDIENCE:
+        raise ValueError(
+            f"'{value}' is the AWS STS audience: a token a job asks for AWS would log in to "
+            "Vault too (and a Vault token would assume the team's AWS role); use another, "
+            "such as 'runner-platform-vault'"
+        )
+    return value
+
 
 class VaultSettings(Frozen):
-    address: str = Field(pattern=r"^https?://[^\s/]+(:\d+)?/?$")
-    """Vault or OpenBao address."""
-    audience: str = "runner-platform-vault"
-    """Audience runners request for Vault tokens (bound_audiences)."""
+    address: Annotated[str, AfterValidator(_https_address)] = Field(
+        pattern=r"^https?://[^\s/]+(:\d+)?/?$"
+    )
+    """Vault or OpenBao address (https only)."""
+    audience: Annotated[str, AfterValidator(_vault_audience)] = Field(
+        default="runner-platform-vault", pattern=r"^[^\s*?]+$"
+    )
+    """Audience runners request for Vault tokens (bound_audiences); never the STS one."""
+    self_hosted_only: bool = False
+    """Vault roles also bind ``runner_environment: self-hosted``: a job of the team's
+    repositories on a GitHub-hosted runner cannot log in (the instance must issue the
+    claim)."""
     token_ttl_seconds: int = Field(default=900, ge=60, le=MAX_VAULT_TTL_SECONDS)
     """Vault token TTL (at most 3600)."""
     token_max_ttl_seconds: int = Field(

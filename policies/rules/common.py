@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -42,3 +43,21 @@ def as_int(value: Any) -> int | None:
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None
     return int(value) if float(value).is_integer() else None
+
+
+def iam_glob(pattern: str, value: str, *, caseless: bool = False) -> bool:
+    """IAM's ``StringLike``: ``*`` any run (``/`` and ``:`` too), ``?`` one character."""
+    if caseless:
+        pattern, value = pattern.lower(), value.lower()
+    regex = "".join(".*" if ch == "*" else "." if ch == "?" else re.escape(ch) for ch in pattern)
+    return re.fullmatch(regex, value, flags=re.DOTALL) is not None
+
+
+def names_action(statement: Mapping[str, Any], action: str) -> bool:
+    """Whether an IAM statement covers ``action``: its ``Action`` globs match it (action
+    names are caseless: ``sts:AssumeRoleWith*``), or its ``NotAction`` globs miss it."""
+    if "NotAction" in statement:
+        return not any(
+            iam_glob(str(a), action, caseless=True) for a in as_list(statement["NotAction"])
+        )
+    return any(iam_glob(str(a), action, caseless=True) for a in as_list(statement.get("Action")))

@@ -1,6 +1,9 @@
-"""Karpenter: every NodePool is bounded; runner nodes cap pods and block pod IMDS access."""
+"""Nodes: every NodePool is bounded; runner nodes cap pods and block pod IMDS access, and
+so do the system node group's (its launch template: IMDSv2, hop limit 1)."""
 
 from __future__ import annotations
+
+from typing import Any
 
 from pulumi_policy import (
     EnforcementLevel,
@@ -100,4 +103,114 @@ nodeclass_runner_cap = ResourceValidationPolicy(
     config_schema=PolicyConfigSchema(
         properties={"maxDaemonSetPods": {"type": "integer", "default": 8, "minimum": 0}}
     ),
+)
+
+
+NODE_GROUP = "aws:eks/nodeGroup:NodeGroup"
+LAUNCH_TEMPLATE = "aws:ec2/launchTemplate:LaunchTemplate"
+
+
+def _validate_node_group_imds(args: ResourceValidationArgs, report: ReportViolation) -> None:
+    if args.resource_type == NODE_GROUP:
+        if args.props.get("launchTemplate") is None:
+            report(
+                "EKS NodeGroup has no launch template: EKS's default allows IMDSv1 with a hop "
+                "limit of 2, so every pod on the node reaches its role's credentials",
+                None,
+            )
+        return
+    if args.resource_type != LAUNCH_TEMPLATE:
+        return
+    options = args.props.get("metadataOptions")
+    if not isinstance(options, dict):
+        options = {}
+    if options.get("httpEndpoint") == "disabled":
+        return  # no instance metadata at all
+    if options.get("httpTokens") != "required":
+        report(
+            f"LaunchTemplate metadataOptions.httpTokens is {options.get('httpTokens')!r}; "
+            "must be 'required' (IMDSv2 only)",
+            None,
+        )
+    hops = as_int(options.get("httpPutResponseHopLimit"))
+    if hops != 1:
+        report(
+            f"LaunchTemplate metadataOptions.httpPutResponseHopLimit is {hops}; must be 1 so "
+            "pods cannot reach the node's instance metadata",
+            None,
+        )
+
+
+node_group_imds = ResourceValidationPolicy(
+    name="node-group-imds-v2-hop-1",
+    description="Managed node groups (the system nodes) launch from a template that requires "
+    "IMDSv2 with a hop limit of 1.",
+    enforcement_level=EnforcementLevel.MANDATORY,
+    validate=_validate_node_group_imds,
+)
+
+
+DEPLOYMENT = "kubernetes:apps/v1:Deployment"
+PLATFORM_DOMAIN = "runner-platform.io"
+KARPENTER_NODEPOOL_LABEL = "karpenter.sh/nodepool"
+CONTROLLER_LABEL = ("app.kubernetes.io/name", "runner-controller")
+
+
+def _in_platform_domain(key: str) -> bool:
+    prefix, slash, _ = key.partition("/")
+    prefix = prefix.lower()
+    return bool(slash) and (prefix == PLATFORM_DOMAIN or prefix.endswith(f".{PLATFORM_DOMAIN}"))
+
+
+def _keeps_off_karpenter(term: Any) -> bool:
+    expressions = term.get("matchExpressions") if isinstance(term, dict) else None
+    return any(
+        isinstance(e, dict)
+        and e.get("key") == KARPENTER_NODEPOOL_LABEL
+        and e.get("operator") == "DoesNotExist"
+        for e in (expressions if isinstance(expressions, list) else [])
+    )
+
+
+def _validate_controller_placement(args: ResourceValidationArgs, report: ReportViolation) -> None:
+    if args.resource_type == NODE_POOL:
+        labels = dig(args.props, "spec", "template", "metadata", "labels") or {}
+        reserved = sorted(k for k in labels if isinstance(k, str) and _in_platform_domain(k))
+        if reserved:
+            report(
+                f"NodePool gives its nodes {reserved}: the {PLATFORM_DOMAIN}/ labels are the "
+                "platform's (system nodes run the controller)",
+                None,
+            )
+        return
+    if args.resource_type != DEPLOYMENT:
+        return
+    key, value = CONTROLLER_LABEL
+    if (dig(args.props, "metadata", "labels") or {}).get(key) != value:
+        return
+    terms = dig(
+        args.props,
+        "spec",
+        "template",
+        "spec",
+        "affinity",
+        "nodeAffinity",
+        "requiredDuringSchedulingIgnoredDuringExecution",
+        "nodeSelectorTerms",
+    )
+    if not isinstance(terms, list) or not terms or not all(map(_keeps_off_karpenter, terms)):
+        report(
+            "the controller's pods may land on a node Karpenter launched: every required "
+            f"node affinity term needs '{KARPENTER_NODEPOOL_LABEL}' DoesNotExist (the pods hold "
+            "every team's App keys and webhook secrets)",
+            None,
+        )
+
+
+controller_off_runner_nodes = ResourceValidationPolicy(
+    name="controller-off-runner-nodes",
+    description="The controller requires a node Karpenter did not launch, and no NodePool "
+    "gives its nodes the platform's runner-platform.io/ labels.",
+    enforcement_level=EnforcementLevel.MANDATORY,
+    validate=_validate_controller_placement,
 )

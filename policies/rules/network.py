@@ -1,6 +1,18 @@
-"""Network: Cilium encrypts with WireGuard; the EKS API is not open to the internet."""
+"""Network: Cilium encrypts with WireGuard; the EKS API is not open to the internet; the
+webhook Ingress serves TLS and is the controller's only way in; Redis is encrypted in
+transit; runner egress excepts link-local, the VPC and the service network.
+
+The endpoint's CIDRs are parsed, not compared as text: a block wider than the configured
+prefix, or a set whose blocks together cover an address space (``0.0.0.0/1`` +
+``128.0.0.0/1``, four ``/2``, ``::/0``), opens the API as ``0.0.0.0/0`` would.
+"""
 
 from __future__ import annotations
+
+import ipaddress
+import json
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 from pulumi_policy import (
     EnforcementLevel,
@@ -8,6 +20,8 @@ from pulumi_policy import (
     ReportViolation,
     ResourceValidationArgs,
     ResourceValidationPolicy,
+    StackValidationArgs,
+    StackValidationPolicy,
 )
 
 from policies.rules.common import as_list, dig
@@ -38,6 +52,66 @@ cilium_encryption = ResourceValidationPolicy(
 )
 
 
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+_IPV4_MAPPED = ipaddress.IPv6Network("::ffff:0:0/96")
+_EVERYTHING = {4: "0.0.0.0/0", 6: "::/0"}
+_RESTRICT = "restrict publicAccessCidrs or set allowPublicFromAnywhere in the policy config"
+
+
+def _as_ipv4_equivalent(network: Network) -> Network:
+    """An IPv4-mapped IPv6 block is the IPv4 block it maps."""
+    if isinstance(network, ipaddress.IPv6Network) and network.subnet_of(_IPV4_MAPPED):
+        mapped = network.network_address.ipv4_mapped
+        if mapped is not None:
+            return ipaddress.IPv4Network(f"{mapped}/{network.prefixlen - 96}")
+    return network
+
+
+def covered_versions(networks: Iterable[Network]) -> list[int]:
+    """The IP versions whose whole address space the blocks cover together."""
+    covered = []
+    for version in (4, 6):
+        blocks = [n for n in networks if n.version == version]
+        collapsed = list(ipaddress.collapse_addresses(blocks))  # type: ignore[type-var]
+        if len(collapsed) == 1 and collapsed[0].prefixlen == 0:
+            covered.append(version)
+    return covered
+
+
+def open_endpoint_problems(cidrs: list[Any], shortest: Mapping[int, int]) -> list[str]:
+    """Why a public endpoint's CIDRs open it too widely (values not known yet are skipped)."""
+    problems: list[str] = []
+    networks: list[Network] = []
+    for cidr in cidrs:
+        if not isinstance(cidr, str):
+            continue  # not known in this preview
+        try:
+            network = _as_ipv4_equivalent(ipaddress.ip_network(cidr.strip(), strict=False))
+        except ValueError:
+            problems.append(f"publicAccessCidrs '{cidr}' is not a CIDR block")
+            continue
+        networks.append(network)
+        limit = shortest[network.version]
+        if 0 < network.prefixlen < limit:
+            problems.append(
+                f"publicAccessCidrs '{cidr}' is a /{network.prefixlen} "
+                f"({network.num_addresses:,} addresses); the EKS API endpoint takes IPv"
+                f"{network.version} blocks of /{limit} or narrower"
+            )
+    for version in covered_versions(networks):
+        listed = [str(n) for n in networks if n.version == version]
+        if _EVERYTHING[version] in listed:
+            problems.append(
+                f"the EKS API endpoint is public and open to {_EVERYTHING[version]}; {_RESTRICT}"
+            )
+        else:
+            problems.append(
+                f"the EKS API endpoint is public and publicAccessCidrs {listed} together cover "
+                f"every IPv{version} address (as {_EVERYTHING[version]} does); {_RESTRICT}"
+            )
+    return problems
+
+
 def _validate_endpoint(args: ResourceValidationArgs, report: ReportViolation) -> None:
     if args.resource_type == EKS_COMPONENT:
         public = args.props.get("endpointPublicAccess")
@@ -49,22 +123,298 @@ def _validate_endpoint(args: ResourceValidationArgs, report: ReportViolation) ->
         return
     if public is False:
         return
+    config = args.get_config()
+    if config.get("allowPublicFromAnywhere", False):
+        return
     # EKS defaults: a public endpoint, open to 0.0.0.0/0, when nothing says otherwise.
-    open_to_all = cidrs is None or "0.0.0.0/0" in as_list(cidrs)
-    if open_to_all and not args.get_config().get("allowPublicFromAnywhere", False):
-        report(
-            "the EKS API endpoint is public and open to 0.0.0.0/0; restrict "
-            "publicAccessCidrs or set allowPublicFromAnywhere in the policy config",
-            None,
-        )
+    if cidrs is None or as_list(cidrs) == []:
+        report(f"the EKS API endpoint is public and open to 0.0.0.0/0; {_RESTRICT}", None)
+        return
+    shortest = {
+        4: int(config.get("minPrefixLengthIPv4", 8)),
+        6: int(config.get("minPrefixLengthIPv6", 32)),
+    }
+    for problem in open_endpoint_problems(as_list(cidrs), shortest):
+        report(problem, None)
 
 
 eks_endpoint_not_open = ResourceValidationPolicy(
     name="eks-endpoint-not-open",
-    description="The EKS API endpoint is private, or public only to listed CIDRs.",
+    description="The EKS API endpoint is private, or public only to listed CIDRs, each no "
+    "wider than the configured prefix and never covering an address space together.",
     enforcement_level=EnforcementLevel.MANDATORY,
     validate=_validate_endpoint,
     config_schema=PolicyConfigSchema(
-        properties={"allowPublicFromAnywhere": {"type": "boolean", "default": False}}
+        properties={
+            "allowPublicFromAnywhere": {"type": "boolean", "default": False},
+            "minPrefixLengthIPv4": {"type": "integer", "default": 8, "minimum": 0, "maximum": 32},
+            "minPrefixLengthIPv6": {
+                "type": "integer",
+                "default": 32,
+                "minimum": 0,
+                "maximum": 128,
+            },
+        }
     ),
+)
+
+
+INGRESS = "kubernetes:networking.k8s.io/v1:Ingress"
+ALB_CERTIFICATE = "alb.ingress.kubernetes.io/certificate-arn"
+ALB_LISTEN_PORTS = "alb.ingress.kubernetes.io/listen-ports"
+ALB_SSL_REDIRECT = "alb.ingress.kubernetes.io/ssl-redirect"
+
+
+def _host_covered(host: str, tls_hosts: set[str]) -> bool:
+    if host in tls_hosts:
+        return True
+    _, dot, parent = host.partition(".")
+    return bool(dot) and f"*.{parent}" in tls_hosts
+
+
+def _validate_ingress_tls(args: ResourceValidationArgs, report: ReportViolation) -> None:
+    if args.resource_type != INGRESS:
+        return
+    annotations = dig(args.props, "metadata", "annotations") or {}
+    if not isinstance(annotations, Mapping):
+        return
+    tls = [t for t in as_list(dig(args.props, "spec", "tls")) if isinstance(t, Mapping)]
+    tls_hosts = {str(h) for t in tls for h in as_list(t.get("hosts"))}
+    hosts = [
+        str(rule["host"])
+        for rule in as_list(dig(args.props, "spec", "rules"))
+        if isinstance(rule, Mapping) and isinstance(rule.get("host"), str)
+    ]
+    certificate = annotations.get(ALB_CERTIFICATE)
+    if not tls and not certificate:
+        report(
+            "Ingress has no TLS (no spec.tls and no "
+            f"'{ALB_CERTIFICATE}'): webhooks and their signatures would cross the internet "
+            "in clear text",
+            None,
+        )
+    elif not certificate and (bare := [h for h in hosts if not _host_covered(h, tls_hosts)]):
+        report(f"Ingress host(s) {bare} have no spec.tls entry: they are served without TLS", None)
+    ports = annotations.get(ALB_LISTEN_PORTS)
+    if isinstance(ports, str) and ALB_SSL_REDIRECT not in annotations:
+        try:
+            listeners = json.loads(ports)
+            plain = any(
+                str(key).upper() == "HTTP"
+                for item in as_list(listeners)
+                if isinstance(item, Mapping)
+                for key in item
+            )
+        except ValueError:
+            plain = False
+        if plain:
+            report(
+                f"Ingress '{ALB_LISTEN_PORTS}' opens a plain HTTP listener without "
+                f"'{ALB_SSL_REDIRECT}'",
+                None,
+            )
+
+
+ingress_tls = ResourceValidationPolicy(
+    name="ingress-serves-tls",
+    description="Every Ingress serves its hosts over TLS, with no plain HTTP listener that "
+    "does not redirect.",
+    enforcement_level=EnforcementLevel.MANDATORY,
+    validate=_validate_ingress_tls,
+)
+
+
+REDIS_TYPES = {
+    "aws:elasticache/replicationGroup:ReplicationGroup": "ReplicationGroup",
+    "aws:elasticache/cluster:Cluster": "Cluster",
+}
+
+
+def _validate_redis_transit(args: ResourceValidationArgs, report: ReportViolation) -> None:
+    kind = REDIS_TYPES.get(args.resource_type)
+    if kind is None:
+        return
+    if kind == "Cluster" and (
+        args.props.get("engine") == "memcached" or args.props.get("replicationGroupId")
+    ):
+        return  # a member of a replication group follows the group's settings
+    enabled = args.props.get("transitEncryptionEnabled")
+    if enabled is not True:
+        report(
+            f"ElastiCache {kind} does not enable transitEncryptionEnabled: job demand, runner "
+            "state and the AUTH token would cross the VPC in clear text",
+            None,
+        )
+    elif args.props.get("transitEncryptionMode") == "preferred":
+        report(
+            f"ElastiCache {kind} transitEncryptionMode is 'preferred': it still accepts "
+            "clear-text connections; use 'required'",
+            None,
+        )
+
+
+redis_transit_encryption = ResourceValidationPolicy(
+    name="redis-encrypted-in-transit",
+    description="ElastiCache Redis requires TLS in transit.",
+    enforcement_level=EnforcementLevel.MANDATORY,
+    validate=_validate_redis_transit,
+)
+
+
+NETWORK_POLICY = "kubernetes:networking.k8s.io/v1:NetworkPolicy"
+NAMESPACE = "kubernetes:core/v1:Namespace"
+CONFIG_MAP = "kubernetes:core/v1:ConfigMap"
+TEAM_LABEL = "runner-platform.io/team"
+RUNNER_NAMESPACE_PREFIX = "runners-"
+SPEC_KEY = "spec.json"
+# All of IPv4 link-local: instance metadata, EKS Pod Identity, Amazon DNS and time.
+LINK_LOCAL = "169.254.0.0/16"
+
+
+def _network(text: Any) -> Network | None:
+    if not isinstance(text, str):
+        return None
+    try:
+        return ipaddress.ip_network(text.strip(), strict=False)
+    except ValueError:
+        return None
+
+
+def _internal_blocks(args: StackValidationArgs) -> dict[str, str]:
+    """Block → what it is: link-local, and the VPC and service blocks the controller's
+    spec (its ConfigMap) names."""
+    blocks = {LINK_LOCAL: "link-local (instance metadata, EKS Pod Identity)"}
+    for resource in args.resources:
+        if resource.resource_type != CONFIG_MAP:
+            continue
+        text = (resource.props.get("data") or {}).get(SPEC_KEY)
+        if not isinstance(text, str):
+            continue
+        try:
+            spec = json.loads(text)
+        except ValueError:
+            continue
+        vpc = dig(spec, "cluster", "vpc") or {}
+        listed = as_list(vpc.get("cidrs")) if vpc.get("vpc_id") else [vpc.get("cidr")]
+        for cidr in listed:
+            if isinstance(cidr, str):
+                blocks[cidr] = "the VPC"
+        service = dig(spec, "cluster", "service_cidr")
+        if isinstance(service, str):
+            blocks[service] = "the service network"
+    return blocks
+
+
+def _runner_namespaces(args: StackValidationArgs) -> set[str]:
+    names = set()
+    for resource in args.resources:
+        labels = dig(resource.props, "metadata", "labels") or {}
+        name = dig(resource.props, "metadata", "name")
+        if resource.resource_type == NAMESPACE and isinstance(name, str) and TEAM_LABEL in labels:
+            names.add(name)
+    return names
+
+
+def _uncovered(block: Network, excepts: list[Network]) -> bool:
+    """Whether some address of ``block`` is not in any of ``excepts``."""
+    remaining = [block]
+    for hole in excepts:
+        if hole.version != block.version:
+            continue
+        next_remaining: list[Network] = []
+        for part in remaining:
+            if part.subnet_of(hole):  # type: ignore[arg-type]
+                continue
+            if hole.subnet_of(part):  # type: ignore[arg-type]
+                next_remaining.extend(part.address_exclude(hole))  # type: ignore[arg-type]
+            else:
+                next_remaining.append(part)
+        remaining = next_remaining
+    return bool(remaining)
+
+
+def _validate_runner_egress(args: StackValidationArgs, report: ReportViolation) -> None:
+    runner_namespaces = _runner_namespaces(args)
+    internal = {
+        net: what for text, what in _internal_blocks(args).items() if (net := _network(text))
+    }
+    for resource in args.resources:
+        if resource.resource_type != NETWORK_POLICY:
+            continue
+        namespace = dig(resource.props, "metadata", "namespace")
+        if not isinstance(namespace, str) or not (
+            namespace in runner_namespaces or namespace.startswith(RUNNER_NAMESPACE_PREFIX)
+        ):
+            continue
+        for rule in as_list(dig(resource.props, "spec", "egress")):
+            for peer in as_list(rule.get("to") if isinstance(rule, Mapping) else None):
+                block = dig(peer, "ipBlock")
+                allowed = _network(dig(block, "cidr"))
+                if allowed is None:
+                    continue
+                excepts = [n for t in as_list(dig(block, "except")) if (n := _network(t))]
+                for protected, what in internal.items():
+                    if protected.version == allowed.version and protected.overlaps(allowed):
+                        if _uncovered(protected, excepts):
+                            name = dig(resource.props, "metadata", "name")
+                            report(
+                                f"NetworkPolicy {namespace}/{name}: egress to {allowed} does not "
+                                f"except all of {protected} ({what}): runner pods could reach it",
+                                resource.urn,
+                            )
+
+
+runner_egress_excludes_internal = StackValidationPolicy(
+    name="runner-egress-excludes-internal",
+    description="Runner namespaces' egress excepts all of link-local and every VPC and "
+    "service block the controller's spec names.",
+    enforcement_level=EnforcementLevel.MANDATORY,
+    validate=_validate_runner_egress,
+)
+
+
+CONTROLLER_LABEL = ("app.kubernetes.io/name", "runner-controller")
+ALB_TARGET_TYPE = "alb.ingress.kubernetes.io/target-type"
+
+
+def _validate_controller_path(args: ResourceValidationArgs, report: ReportViolation) -> None:
+    if args.resource_type == INGRESS:
+        annotations = dig(args.props, "metadata", "annotations") or {}
+        target = annotations.get(ALB_TARGET_TYPE) if isinstance(annotations, Mapping) else None
+        if isinstance(target, str) and target != "ip":
+            report(
+                f"Ingress '{ALB_TARGET_TYPE}' is '{target}': the load balancer would reach the "
+                "pods through a port every node opens, not at their own addresses",
+                None,
+            )
+        return
+    if args.resource_type != NETWORK_POLICY:
+        return
+    key, value = CONTROLLER_LABEL
+    selector = dig(args.props, "spec", "podSelector")
+    if (
+        isinstance(selector, Mapping)
+        and not selector.get("matchLabels")
+        and not (selector.get("matchExpressions"))
+    ):
+        selected = "every pod of its namespace (the controller's too, if it is there)"
+    elif dig(selector, "matchLabels", key) == value:
+        selected = "the controller's port"
+    else:
+        return
+    for index, rule in enumerate(as_list(dig(args.props, "spec", "ingress"))):
+        if isinstance(rule, Mapping) and not as_list(rule.get("from")):
+            report(
+                f"NetworkPolicy ingress[{index}] admits {selected} from anywhere (no 'from'): "
+                "any pod, runner pods included, could reach it",
+                None,
+            )
+
+
+controller_only_behind_ingress = ResourceValidationPolicy(
+    name="controller-only-behind-its-ingress",
+    description="The controller admits traffic only from named sources (its load balancer), "
+    "and an ALB sends to the pods' own addresses.",
+    enforcement_level=EnforcementLevel.MANDATORY,
+    validate=_validate_controller_path,
 )

@@ -3,10 +3,12 @@
 Runner and job pods are created at run time (by the controller and the container hooks),
 so the pack judges what the stack declares about them: any pod spec of a team (a Pod, a
 workload's or a PodTemplate's template, the job pod templates in the hooks ConfigMaps,
-each labelled ``runner-platform.io/team``) and the controller's spec, which says which
-container mode each team runs on each pool. A hand-edited program or stack that slips a
-privileged container or a dind mode onto a shared pool is refused here even if it got
-past the model.
+each labelled ``runner-platform.io/team`` or in a runner namespace, ``runners-*``) and
+the controller's spec, which says which container mode each team runs on each pool. A
+hand-edited program or stack that slips a privileged container or a dind mode onto a
+shared pool is refused here even if it got past the model. No ServiceAccount of a runner
+namespace mounts an API token by default, the ``default`` one included: a runner pod that
+needs the API (the container-hook modes) asks for the token itself.
 """
 
 from __future__ import annotations
@@ -27,6 +29,14 @@ from pulumi_policy import (
 from policies.rules.common import as_list, dig
 
 TEAM_LABEL = "runner-platform.io/team"
+RUNNER_NAMESPACE_PREFIX = "runners-"
+NAMESPACE = "kubernetes:core/v1:Namespace"
+SERVICE_ACCOUNT_TYPES = {
+    "kubernetes:core/v1:ServiceAccount",
+    "kubernetes:core/v1:ServiceAccountPatch",
+}
+# Capabilities that amount to a privileged container (mount, namespaces, devices, ...).
+PRIVILEGED_CAPABILITIES = {"ALL", "SYS_ADMIN", "CAP_SYS_ADMIN"}
 POD_TEMPLATES_LABEL = "runner-platform.io/pod-templates"
 POOL_LABEL = "pool"
 POOL_TAINT_KEY = "runner-platform.io/pool"
@@ -78,17 +88,32 @@ def runner_pod_templates(
         **(dig(props, "metadata", "labels") or {}),
         **(dig(template, "metadata", "labels") or {}),
     }
-    if TEAM_LABEL in labels:
+    namespace = dig(props, "metadata", "namespace")
+    in_runner_namespace = isinstance(namespace, str) and namespace.startswith(
+        RUNNER_NAMESPACE_PREFIX
+    )
+    if TEAM_LABEL in labels or in_runner_namespace:
         yield ".".join(path) or "spec", {**template, "metadata": {"labels": labels}}
 
 
 def _containers(pod_spec: Mapping[str, Any]) -> list[Mapping[str, Any]]:
     return [
         c
-        for key in ("initContainers", "containers")
+        for key in ("initContainers", "containers", "ephemeralContainers")
         for c in as_list(pod_spec.get(key))
         if isinstance(c, Mapping)
     ]
+
+
+def privileged(container: Mapping[str, Any]) -> bool:
+    """A privileged container, or one given the capabilities that amount to it."""
+    context = container.get("securityContext")
+    if not isinstance(context, Mapping):
+        return False
+    if context.get("privileged") is True:
+        return True
+    added = dig(context, "capabilities", "add")
+    return any(str(cap).upper() in PRIVILEGED_CAPABILITIES for cap in as_list(added))
 
 
 def _validate_host_access(args: ResourceValidationArgs, report: ReportViolation) -> None:
@@ -146,19 +171,15 @@ def _privileged_pods(args: StackValidationArgs, report: ReportViolation) -> None
         for where, template in runner_pod_templates(resource.resource_type, resource.props):
             pod_spec = template.get("spec") or {}
             team = dig(template, "metadata", "labels", TEAM_LABEL)
-            privileged = [
-                str(c.get("name"))
-                for c in _containers(pod_spec)
-                if dig(c, "securityContext", "privileged") is True
-            ]
-            if not privileged:
+            names = [str(c.get("name")) for c in _containers(pod_spec) if privileged(c)]
+            if not names:
                 continue
             pool = _pool_of(pod_spec)
             if pool is None or owners.get(pool) != team:
                 selected = (pod_spec.get("nodeSelector") or {}).get(POOL_LABEL, "any")
                 report(
                     f"{resource.resource_type} {resource.name} {where}: privileged container(s) "
-                    f"{privileged} on pool '{selected}', which is not isolated for team "
+                    f"{names} on pool '{selected}', which is not isolated for team "
                     f"'{team}': privileged runners only run on an isolated pool of their team",
                     resource.urn,
                 )
@@ -207,4 +228,57 @@ privileged_runner_on_shared_pool = StackValidationPolicy(
     "owned by the runner's team, never on a pool other teams share.",
     enforcement_level=EnforcementLevel.MANDATORY,
     validate=_validate_privileged,
+)
+
+
+def _runner_namespaces(args: StackValidationArgs) -> set[str]:
+    """Namespaces the stack declares for a team (labelled with it)."""
+    names = set()
+    for resource in args.resources:
+        if resource.resource_type != NAMESPACE:
+            continue
+        labels = dig(resource.props, "metadata", "labels") or {}
+        name = dig(resource.props, "metadata", "name")
+        if isinstance(name, str) and isinstance(labels, Mapping) and TEAM_LABEL in labels:
+            names.add(name)
+    return names
+
+
+def _validate_service_accounts(args: StackValidationArgs, report: ReportViolation) -> None:
+    declared = _runner_namespaces(args)
+    tokenless_defaults: set[str] = set()
+    for resource in args.resources:
+        if resource.resource_type not in SERVICE_ACCOUNT_TYPES:
+            continue
+        namespace = dig(resource.props, "metadata", "namespace")
+        name = dig(resource.props, "metadata", "name")
+        if not isinstance(namespace, str) or not (
+            namespace in declared or namespace.startswith(RUNNER_NAMESPACE_PREFIX)
+        ):
+            continue
+        automount = resource.props.get("automountServiceAccountToken")
+        if automount is False:
+            if name == "default":
+                tokenless_defaults.add(namespace)
+            continue
+        report(
+            f"ServiceAccount {namespace}/{name} does not set automountServiceAccountToken: "
+            "false: every pod of the runner namespace that runs as it gets an API token",
+            resource.urn,
+        )
+    for namespace in sorted(declared - tokenless_defaults):
+        report(
+            f"Namespace {namespace}: its 'default' ServiceAccount is not declared with "
+            "automountServiceAccountToken: false, so any pod there that names no account "
+            "gets an API token",
+            None,
+        )
+
+
+runner_service_accounts_no_token = StackValidationPolicy(
+    name="runner-service-accounts-mount-no-token",
+    description="Every ServiceAccount of a runner namespace, the 'default' one included, "
+    "sets automountServiceAccountToken: false.",
+    enforcement_level=EnforcementLevel.MANDATORY,
+    validate=_validate_service_accounts,
 )

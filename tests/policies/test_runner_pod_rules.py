@@ -100,6 +100,7 @@ def test_host_access_is_found_in_workload_templates_and_job_pod_templates() -> N
 def test_pods_that_are_not_a_teams_are_not_judged_as_runner_pods() -> None:
     daemon = runner_pod(hostNetwork=True)
     del daemon["metadata"]["labels"]
+    daemon["metadata"]["namespace"] = "kube-system"
     assert check(runner_pod_host_access, POD, "cilium", daemon) == []
 
 

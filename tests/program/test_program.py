@@ -42,8 +42,18 @@ def test_one_scoped_role_per_team(dev_run: RecordingMocks, dev_spec: PlatformSpe
     }
     infra = json.loads(roles["github-runner-infra-role"]["assumeRolePolicy"])
     condition = infra["Statement"][0]["Condition"]
+    # infra deploys: main and the production environment only, each '*' kept in its slot.
     assert condition["StringLike"] == {
-        "github.acme.internal/_services/token:sub": ["repo:platform/*:*"]
+        "github.acme.internal/_services/token:sub": [
+            "repo:platform/*:ref:refs/heads/main",
+            "repo:platform/*:environment:production",
+        ]
+    }
+    assert condition["StringNotLike"] == {
+        "github.acme.internal/_services/token:sub": [
+            "repo:platform/*:*:ref:refs/heads/main",
+            "repo:platform/*:*:environment:production",
+        ]
     }
     assert roles["github-runner-ml-role"]["maxSessionDuration"] == 1800
     providers = [
@@ -219,7 +229,11 @@ def test_vault_objects_are_declared_with_the_secret_token(dev_run: RecordingMock
     assert (ml["mount"], ml["tokenTtl"], ml["boundClaims"]) == (
         "jwt-ghes",
         900,
-        {"repository": ["research/models", "research/training-*"]},
+        {
+            "repository": ["research/models", "research/training-*"],
+            "repository_owner_id": ["5039426"],
+            "runner_environment": ["self-hosted"],
+        },
     )
     assert all(o["address"] == "https://vault.acme.internal:8200" for o in objects)
 
