@@ -11,19 +11,26 @@ from controller.model import ClusterSettings
 
 CILIUM_REPO = "https://helm.cilium.io"
 HUBBLE_METRICS = ["dns", "drop", "tcp", "flow", "port-distribution", "icmp", "httpV2"]
+# Cilium's Deployments run on the system nodes, never on a runner node: the untainted warm
+# pool would take them, and each would hold a pod slot that kubelet.maxPods counts for
+# runners (components/node_pools.py counts only DaemonSets there).
+SYSTEM_NODES = {"runner-platform.io/system": "true"}
 
 
 def helm_values(settings: ClusterSettings) -> dict[str, Any]:
-    """Values per REFERENCE.md (Cilium): encryption and Hubble always, then the EKS mode."""
+    """Values per REFERENCE.md (Cilium): encryption and Hubble always, then the EKS mode.
+
+    Only keys the chart defines, no nulls (tests/integration/test_helm_charts.py renders
+    both modes with the real chart at ``cilium_version``; docs/helm.md)."""
     values: dict[str, Any] = {
         "encryption": {"enabled": True, "type": "wireguard"},
         "hubble": {
             "enabled": True,
-            "relay": {"enabled": True},
-            "ui": {"enabled": True},
+            "relay": {"enabled": True, "nodeSelector": {**SYSTEM_NODES}},
+            "ui": {"enabled": True, "nodeSelector": {**SYSTEM_NODES}},
             "metrics": {"enabled": HUBBLE_METRICS},
         },
-        "operator": {"replicas": 2, "nodeSelector": {"runner-platform.io/system": "true"}},
+        "operator": {"replicas": 2, "nodeSelector": {**SYSTEM_NODES}},
         "routingMode": "native",
     }
     if settings.cilium_mode == "chaining":
@@ -41,7 +48,11 @@ def helm_values(settings: ClusterSettings) -> dict[str, Any]:
         values.update(
             eni={"enabled": True},
             ipam={"mode": "eni"},
-            egressMasqueradeInterfaces="ens+",  # AL2023 interface names
+            # Pods take VPC addresses from the nodes' ENIs and leave the VPC through the
+            # private subnets' NAT gateway, so nothing is masqueraded on the node: said
+            # here rather than left to the chart's ENI default (also off). An interface
+            # selector (egressMasqueradeInterfaces) would mean nothing with it off.
+            enableIPv4Masquerade=False,
         )
     return values
 

@@ -36,7 +36,10 @@ def interruption_rules() -> dict[str, dict[str, Any]]:
 
 
 def helm_values(cluster_name: str, queue_name: Any, role_arn: Any) -> dict[str, Any]:
-    """Chart values: cluster and queue, IRSA, and never on the nodes it manages itself."""
+    """Chart values: cluster and queue, IRSA, and never on the nodes it manages itself.
+
+    Only keys the chart defines, no nulls (tests/integration/test_helm_charts.py renders
+    them with the real chart at ``karpenter_version``; docs/helm.md)."""
     return {
         "settings": {"clusterName": cluster_name, "interruptionQueue": queue_name},
         "serviceAccount": {

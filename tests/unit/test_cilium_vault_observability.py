@@ -13,8 +13,11 @@ from controller.model import PlatformSpec, load_spec
 def test_cilium_chaining_mode_encrypts_and_observes(dev_spec: PlatformSpec) -> None:
     values = cilium.helm_values(dev_spec.cluster)
     assert values["encryption"] == {"enabled": True, "type": "wireguard"}
-    assert values["hubble"]["relay"] == {"enabled": True}
-    assert values["hubble"]["ui"] == {"enabled": True}
+    system = {"runner-platform.io/system": "true"}
+    # Every Cilium Deployment stays off runner nodes (docs/helm.md).
+    assert values["hubble"]["relay"] == {"enabled": True, "nodeSelector": system}
+    assert values["hubble"]["ui"] == {"enabled": True, "nodeSelector": system}
+    assert values["operator"]["nodeSelector"] == system
     assert values["hubble"]["metrics"]["enabled"] == [
         "dns",
         "drop",
@@ -39,7 +42,10 @@ def test_cilium_eni_mode(dev_document: dict[str, Any]) -> None:
     values = cilium.helm_values(load_spec(dev_document).cluster)
     assert values["eni"] == {"enabled": True}
     assert values["ipam"] == {"mode": "eni"}
-    assert values["egressMasqueradeInterfaces"] == "ens+"
+    # Pods keep their VPC addresses; the NAT gateway takes them out (docs/helm.md). No
+    # interface selector: it would mean nothing with masquerading off.
+    assert values["enableIPv4Masquerade"] is False
+    assert "egressMasqueradeInterfaces" not in values
     assert "cni" not in values
     assert values["encryption"]["type"] == "wireguard"
 
@@ -63,7 +69,11 @@ def test_vault_has_a_mount_per_instance_and_a_bound_role_per_team(
     ml = next(r for r in config["roles"] if r["name"] == "ml")
     assert ml["mount"] == "jwt-ghes"
     assert ml["boundAudiences"] == ["runner-platform-vault"]
-    assert ml["boundClaims"] == {"repository": ["research/models", "research/training-*"]}
+    assert ml["boundClaims"] == {
+        "repository": ["research/models", "research/training-*"],
+        "repository_owner_id": ["5039426"],  # the org's id: a re-created org is a stranger
+        "runner_environment": ["self-hosted"],
+    }
     assert ml["boundClaimsType"] == "glob"
     assert ml["tokenPolicies"] == ["runner-ml", "ml-datasets-read"]
     assert ml["tokenTtl"] == 900
