@@ -258,19 +258,7 @@ class Env:
         """``python -m controller provision`` (under cProfile, writing ``profile`` when it
         stops, if given)."""
         self.metrics_port = free_port()
-        env = {
-            "RUNNER_PLATFORM_SPEC": str(self.workdir / "spec.json"),
-            "RUNNER_PLATFORM_RUNTIME": str(self.workdir / "runtime.json"),
-            "RUNNER_PLATFORM_SECRETS_DIR": str(self.workdir / "secrets"),
-            "RUNNER_PLATFORM_REDIS_URL": self.redis.url,
-            "RUNNER_PLATFORM_KUBECONFIG": str(self.plane.kubeconfig),
-            "RUNNER_PLATFORM_GITHUB_API_URLS": ",".join(
-                f"{name}={emulator.api_url}" for name, emulator in self.emulators.items()
-            ),
-            "RUNNER_PLATFORM_PROVISION_METRICS_PORT": str(self.metrics_port),
-            "RUNNER_PLATFORM_LOG_LEVEL": "INFO",
-            **settings,
-        }
+        env = self._provision_env(self.metrics_port, settings)
         self.provisioner = ManagedProcess(
             "provisioner",
             [
@@ -285,6 +273,35 @@ class Env:
             cwd=ROOT,
         ).start()
         return self.provisioner
+
+    def _provision_env(self, metrics_port: int, settings: dict[str, str]) -> dict[str, str]:
+        return {
+            "RUNNER_PLATFORM_SPEC": str(self.workdir / "spec.json"),
+            "RUNNER_PLATFORM_RUNTIME": str(self.workdir / "runtime.json"),
+            "RUNNER_PLATFORM_SECRETS_DIR": str(self.workdir / "secrets"),
+            "RUNNER_PLATFORM_REDIS_URL": self.redis.url,
+            "RUNNER_PLATFORM_KUBECONFIG": str(self.plane.kubeconfig),
+            "RUNNER_PLATFORM_GITHUB_API_URLS": ",".join(
+                f"{name}={emulator.api_url}" for name, emulator in self.emulators.items()
+            ),
+            "RUNNER_PLATFORM_PROVISION_METRICS_PORT": str(metrics_port),
+            "RUNNER_PLATFORM_LOG_LEVEL": "INFO",
+            **settings,
+        }
+
+    def start_provisioner_replica(self, **settings: str) -> ManagedProcess:
+        """Another ``provision`` process (a second replica), with its own metrics port and
+        log; stopped with the environment."""
+        env = self._provision_env(free_port(), settings)
+        replica = ManagedProcess(
+            f"provisioner-{len(self.extra) + 2}",
+            [sys.executable, "-m", "controller", "provision"],
+            self.workdir / "logs",
+            env=env,
+            cwd=ROOT,
+        ).start()
+        self.extra.append(replica)
+        return replica
 
     def wait_provisioner_synced(self, timeout: float = 120.0) -> None:
         """Until a reconcile pass ran (it runs only once every namespace was listed)."""

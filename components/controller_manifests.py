@@ -2,17 +2,21 @@
 
 Least privilege throughout: the controller may touch pods and secrets only in the team
 runner namespaces, leases and events only in its own, and may read nodes; runner pods
-get no API token, and their egress excludes instance metadata, the VPC (where the
-controller and Redis live) and the service network.
+get no API token (nor does anything else in their namespaces: the ``default``
+ServiceAccount mounts none), and their egress excludes all of link-local (instance
+metadata, EKS Pod Identity, the DNS and time services), every block of the VPC (where the
+controller and Redis live) and the service network. The controller runs only on system
+nodes, never on one Karpenter launched, and admits webhooks only from the load balancer.
 """
 
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 from typing import Any
 
 from components import container_manifests
-from components.k8s_objects import Manifest
+from components.k8s_objects import KARPENTER_NODEPOOL_LABEL, SYSTEM_NODE_LABEL, Manifest
 from controller.model import RUNNER_SERVICE_ACCOUNT, PlatformSpec, Team
 
 CONTROLLER_NAME = "runner-controller"
@@ -25,7 +29,10 @@ SECRETS_DIR = "/var/run/secrets/runner-platform"
 WEBHOOK_PORT = 8080
 PROVISION_PORT = 9102  # the provisioner's /metrics
 HASH_ANNOTATION = "runner-platform.io/config-hash"
-METADATA_CIDRS = ("169.254.169.254/32", "169.254.170.23/32")  # IMDS, EKS Pod Identity
+# All of IPv4 link-local: IMDS (169.254.169.254), EKS Pod Identity (169.254.170.23), the
+# Amazon DNS and time servers (169.254.169.253, 169.254.169.123) and whatever comes next.
+METADATA_CIDRS = ("169.254.0.0/16",)
+ALB_TARGET_TYPE = "alb.ingress.kubernetes.io/target-type"
 SELECTOR = {"app.kubernetes.io/name": CONTROLLER_NAME}
 
 
@@ -84,14 +91,17 @@ def service_accounts(spec: PlatformSpec, controller_role_arn: Any) -> list[Manif
             },
         ),
     }
+    # Every pod of a runner namespace that names no account runs as ``default``: it gets
+    # no token either (the program patches the account the cluster makes).
     runners = [
         {
             "apiVersion": "v1",
             "kind": "ServiceAccount",
-            "metadata": _meta(RUNNER_SERVICE_ACCOUNT, team.namespace),
+            "metadata": _meta(name, team.namespace),
             "automountServiceAccountToken": False,
         }
         for team in spec.teams
+        for name in (RUNNER_SERVICE_ACCOUNT, "default")
     ]
     return [controller_sa, *runners]
 
@@ -145,11 +155,13 @@ def rbac(spec: PlatformSpec) -> list[Manifest]:
             "metadata": _meta(CONTROLLER_NAME, ns),
             "rules": [
                 {
-                    # The provisioner's Lease (controller/provision/leader.py): read it,
-                    # create it once, renew or take it over. Nothing else, nothing wider.
+                    # The provisioner's Leases (controller/provision/leader.py): one per
+                    # scale set and one per replica; list them to see the peers, create,
+                    # renew, take over or release them, delete a dead replica's member
+                    # Lease (and its own on a clean stop). Nothing else, nothing wider.
                     "apiGroups": ["coordination.k8s.io"],
                     "resources": ["leases"],
-                    "verbs": ["get", "create", "update"],
+                    "verbs": ["get", "list", "create", "update", "delete"],
                 },
             ],
         },
@@ -236,7 +248,10 @@ def deployment(spec: PlatformSpec, hash_value: Any) -> Manifest:
                         "fsGroup": 65532,
                         "seccompProfile": {"type": "RuntimeDefault"},
                     },
-                    "nodeSelector": {"runner-platform.io/system": "true"},
+                    "nodeSelector": {SYSTEM_NODE_LABEL: "true"},
+                    # Never on a node Karpenter launched, whatever labels it carries: the
+                    # pod holds the App keys and webhook secrets of every team.
+                    "affinity": system_node_affinity(),
                     "topologySpreadConstraints": [
                         {
                             "maxSkew": 1,
@@ -282,8 +297,8 @@ def deployment(spec: PlatformSpec, hash_value: Any) -> Manifest:
                             "volumeMounts": mounts,
                         },
                         {
-                            # The Pod Provisioner: every replica runs it, the holder of the
-                            # runner-provisioner Lease acts (controller/provision/leader.py).
+                            # The Pod Provisioner: every replica runs it, each acts on the
+                            # scale sets whose Leases it holds (controller/provision/leader.py).
                             "name": "provisioner",
                             "image": settings.image,
                             "args": ["provision"],
@@ -293,6 +308,13 @@ def deployment(spec: PlatformSpec, hash_value: Any) -> Manifest:
                                 {
                                     "name": "RUNNER_PLATFORM_PROVISION_METRICS_PORT",
                                     "value": str(PROVISION_PORT),
+                                },
+                                {
+                                    # Per-team counts and runner minutes (controller/
+                                    # cloudwatch.py), in the namespace the IRSA policy
+                                    # allows (iam_documents.cloudwatch_metrics_policy).
+                                    "name": "RUNNER_PLATFORM_CLOUDWATCH_NAMESPACE",
+                                    "value": spec.controller.cloudwatch_namespace,
                                 },
                             ],
                             "resources": resources,
@@ -305,6 +327,89 @@ def deployment(spec: PlatformSpec, hash_value: Any) -> Manifest:
             },
         },
     }
+
+
+def system_node_affinity() -> dict[str, Any]:
+    """Required node affinity: a system node, and not one of Karpenter's."""
+    return {
+        "nodeAffinity": {
+            "requiredDuringSchedulingIgnoredDuringExecution": {
+                "nodeSelectorTerms": [
+                    {
+                        "matchExpressions": [
+                            {"key": SYSTEM_NODE_LABEL, "operator": "In", "values": ["true"]},
+                            {"key": KARPENTER_NODEPOOL_LABEL, "operator": "DoesNotExist"},
+                        ]
+                    }
+                ]
+            }
+        }
+    }
+
+
+NODE_LABEL_GUARD = "runner-platform-node-labels"
+# The labels that decide whether the controller may run on a node.
+GUARDED_NODE_LABELS = (SYSTEM_NODE_LABEL, KARPENTER_NODEPOOL_LABEL)
+
+
+def _label_of(obj: str, key: str) -> str:
+    return (
+        f"(has({obj}.metadata.labels) && '{key}' in {obj}.metadata.labels ? "
+        f"{obj}.metadata.labels['{key}'] : '<absent>')"
+    )
+
+
+def node_label_guard() -> list[Manifest]:
+    """A kubelet may change its own Node's labels; one on a runner node that was broken
+    into could remove ``karpenter.sh/nodepool`` and add ``runner-platform.io/system`` to
+    draw the controller (and every team's secrets) onto it. No node may change either."""
+    unchanged = " && ".join(
+        f"{_label_of('object', key)} == {_label_of('oldObject', key)}"
+        for key in GUARDED_NODE_LABELS
+    )
+    return [
+        {
+            "apiVersion": "admissionregistration.k8s.io/v1",
+            "kind": "ValidatingAdmissionPolicy",
+            "metadata": _meta(NODE_LABEL_GUARD),
+            "spec": {
+                "failurePolicy": "Fail",
+                "matchConstraints": {
+                    "resourceRules": [
+                        {
+                            "apiGroups": [""],
+                            "apiVersions": ["v1"],
+                            "operations": ["UPDATE"],
+                            "resources": ["nodes"],
+                        }
+                    ]
+                },
+                "matchConditions": [
+                    {
+                        "name": "a-kubelet",
+                        "expression": "request.userInfo.username.startsWith('system:node:')",
+                    }
+                ],
+                "validations": [
+                    {
+                        "expression": unchanged,
+                        "reason": "Forbidden",
+                        "message": (
+                            "a node may not change its "
+                            + " or ".join(GUARDED_NODE_LABELS)
+                            + " label: they decide where the controller runs"
+                        ),
+                    }
+                ],
+            },
+        },
+        {
+            "apiVersion": "admissionregistration.k8s.io/v1",
+            "kind": "ValidatingAdmissionPolicyBinding",
+            "metadata": _meta(NODE_LABEL_GUARD),
+            "spec": {"policyName": NODE_LABEL_GUARD, "validationActions": ["Deny"]},
+        },
+    ]
 
 
 def pdb(spec: PlatformSpec) -> Manifest:
@@ -331,16 +436,20 @@ def service(spec: PlatformSpec) -> Manifest:
 
 
 def ingress(spec: PlatformSpec) -> Manifest:
-    """Only ``/webhooks/github/{instance}`` is exposed; health and metrics stay inside."""
+    """Only ``/webhooks/github/{instance}`` is exposed, over TLS; health and metrics stay
+    inside. An ALB finds its ACM certificate by the TLS host (so it listens on HTTPS only)
+    and sends to the pods' addresses, the path the controller's NetworkPolicy admits."""
     settings = spec.controller
+    annotations = dict(settings.ingress_annotations)
+    if settings.ingress_class == "alb":
+        annotations.setdefault(ALB_TARGET_TYPE, "ip")
     return {
         "apiVersion": "networking.k8s.io/v1",
         "kind": "Ingress",
-        "metadata": _meta(
-            CONTROLLER_NAME, settings.namespace, annotations=dict(settings.ingress_annotations)
-        ),
+        "metadata": _meta(CONTROLLER_NAME, settings.namespace, annotations=annotations),
         "spec": {
             "ingressClassName": settings.ingress_class,
+            "tls": [{"hosts": [settings.webhook_host]}],
             "rules": [
                 {
                     "host": settings.webhook_host,
@@ -375,8 +484,33 @@ def _policy(name: str, namespace: str, body: dict[str, Any]) -> Manifest:
     }
 
 
+def _ipv4(cidrs: list[str]) -> list[str]:
+    """The IPv4 blocks (a runner's ipBlock is 0.0.0.0/0: no IPv6 is reachable at all)."""
+    return [cidr for cidr in cidrs if ipaddress.ip_network(cidr).version == 4]
+
+
+def runner_egress_exceptions(spec: PlatformSpec) -> list[str]:
+    """What runner pods never reach: link-local, every VPC block, the service network."""
+    vpc = list(spec.cluster.vpc.all_cidrs)
+    return _ipv4([*METADATA_CIDRS, *vpc, spec.cluster.service_cidr])
+
+
+def ingress_sources(spec: PlatformSpec) -> list[dict[str, Any]]:
+    """Where webhooks reach the controller from: the ingress path and nothing else.
+
+    An ALB (target-type ip) sends from its addresses in the VPC. Pods and nodes are in the
+    VPC too, but a CIDR rule never matches Cilium's own endpoints or nodes: runner pods,
+    other pods and node ports are not admitted. An in-cluster ingress controller sends
+    from its pods, in the namespace the stack names.
+    """
+    namespace = spec.controller.ingress_controller_namespace
+    if namespace is not None:
+        return [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": namespace}}}]
+    return [{"ipBlock": {"cidr": cidr}} for cidr in spec.cluster.vpc.all_cidrs]
+
+
 def network_policies(spec: PlatformSpec) -> list[Manifest]:
-    blocked = [*METADATA_CIDRS, spec.cluster.vpc.cidr, spec.cluster.service_cidr]
+    blocked = runner_egress_exceptions(spec)
     dns = {
         "to": [
             {
@@ -432,7 +566,12 @@ def network_policies(spec: PlatformSpec) -> list[Manifest]:
             {
                 "podSelector": {"matchLabels": SELECTOR},
                 "policyTypes": ["Ingress"],
-                "ingress": [{"ports": [{"protocol": "TCP", "port": WEBHOOK_PORT}]}],
+                "ingress": [
+                    {
+                        "from": ingress_sources(spec),
+                        "ports": [{"protocol": "TCP", "port": WEBHOOK_PORT}],
+                    }
+                ],
             },
         )
     )
@@ -455,6 +594,7 @@ def controller_objects(
         *container_manifests.container_objects(spec),
         config_map(spec, spec_json, runtime_json),
         deployment(spec, hash_value),
+        *node_label_guard(),
         pdb(spec),
         service(spec),
         ingress(spec),

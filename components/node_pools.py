@@ -5,16 +5,25 @@ DaemonSet pods that land on that pool's nodes. Counting a DaemonSet that does no
 would let one more runner in, so :func:`daemonset_pods` lists exactly what the platform
 schedules there. Warm capacity is placeholder pods at a negative priority that real
 runners preempt, plus a DaemonSet that pre-pulls the runner images.
+
+An isolated pool's nodes have an identity of their own: their own node role (a node of
+another pool cannot act as them, nor they as it) and their own security group in place of
+the cluster's, which admits only the pool's own nodes and, from the cluster, only what the
+kubelet and Cilium need.
 """
 
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Sequence
 from typing import Any
 
 import pulumi
+import pulumi_aws as aws
 import pulumi_kubernetes as k8s
 
-from components import container_manifests
+from components import container_manifests, iam_documents
+from components.cluster import Cluster, node_policy_arns
 from components.k8s_objects import Manifest, declare
 from controller.model import (
     CILIUM_STARTUP_TAINT,
@@ -36,6 +45,8 @@ PAUSE_IMAGE = "registry.k8s.io/pause:3.10"
 NVIDIA_PLUGIN_CHART = "nvidia-device-plugin"
 NVIDIA_PLUGIN_REPO = "https://nvidia.github.io/k8s-device-plugin"
 NVIDIA_PLUGIN_VERSION = "0.17.4"
+# Karpenter's AWS provider labels each node with its instance type's GPU maker.
+NVIDIA_GPU_MANUFACTURER_LABEL = "karpenter.k8s.aws/instance-gpu-manufacturer"
 ANNOTATION_MAX_RUNNERS = "runner-platform.io/max-runners"
 ANNOTATION_DAEMONSET_PODS = "runner-platform.io/daemonset-pods"
 ANNOTATION_PODS_PER_RUNNER = "runner-platform.io/pods-per-runner"
@@ -43,6 +54,28 @@ ANNOTATION_PODS_PER_RUNNER = "runner-platform.io/pods-per-runner"
 EBS_CSI_NODE = "ebs-csi-node"
 POOL_KIND_LABEL = "runner-platform.io/pool-kind"
 POOL_OWNER_LABEL = "runner-platform.io/owner"
+# Karpenter's controller may pass the shared node role and exactly the roles named
+# ``KarpenterNodeRole-<cluster>.*`` (components/iam_documents.py); a '.' never appears
+# in a cluster name, so no other cluster's roles match.
+NODE_ROLE_PREFIX = "KarpenterNodeRole-"
+IAM_NAME_MAX = 64
+# What crosses between an isolated pool's security group and the cluster's: (protocol,
+# from port, to port, why). Everything else between them is dropped.
+INTO_ISOLATED_FROM_CLUSTER: tuple[tuple[str, int, int, str], ...] = (
+    ("tcp", 10250, 10250, "kubelet API (control plane: logs, exec; metrics)"),
+    ("tcp", 4240, 4240, "Cilium health"),
+    ("tcp", 4244, 4244, "Hubble relay to the Cilium agent"),
+    ("udp", 51871, 51871, "Cilium WireGuard (pod traffic between nodes)"),
+    ("icmp", -1, -1, "Cilium health (ICMP)"),
+)
+INTO_CLUSTER_FROM_ISOLATED: tuple[tuple[str, int, int, str], ...] = (
+    ("tcp", 443, 443, "the Kubernetes API (control-plane interfaces)"),
+    ("tcp", 53, 53, "CoreDNS"),
+    ("udp", 53, 53, "CoreDNS"),
+    ("tcp", 4240, 4240, "Cilium health"),
+    ("udp", 51871, 51871, "Cilium WireGuard (pod traffic between nodes)"),
+    ("icmp", -1, -1, "Cilium health (ICMP)"),
+)
 
 _PROFILE_REQUIREMENTS: dict[str, list[dict[str, Any]]] = {
     "general": [
@@ -125,7 +158,34 @@ def _requirements(pool: Pool) -> list[dict[str, Any]]:
     return reqs
 
 
-def ec2_node_class(spec: PlatformSpec, pool: Pool, node_role: Any) -> Manifest:
+def isolated_node_role_name(cluster: str, pool: str) -> str:
+    """``KarpenterNodeRole-<cluster>.<pool>``, the pool shortened with a digest to fit
+    IAM's 64 characters."""
+    base = f"{NODE_ROLE_PREFIX}{cluster}."
+    room = IAM_NAME_MAX - len(base)
+    if len(pool) <= room:
+        return base + pool
+    digest = hashlib.sha256(pool.encode()).hexdigest()
+    return base + (f"{pool[: room - 9]}-{digest[:8]}" if room > 16 else digest[:room])
+
+
+def security_group_terms(security_group_ids: Sequence[Any] | None, cluster: str) -> list[Any]:
+    """The pool's own security groups, or the cluster's (EKS tags it with the name)."""
+    if security_group_ids is None:
+        # EKS tags the cluster security group it creates with this key; nodes in it
+        # reach the control plane, CoreDNS and each other like the system nodes do.
+        return [{"tags": {"aws:eks:cluster-name": cluster}}]
+    return [{"id": group} for group in security_group_ids]
+
+
+def ec2_node_class(
+    spec: PlatformSpec,
+    pool: Pool,
+    node_role: Any,
+    security_group_ids: Sequence[Any] | None = None,
+) -> Manifest:
+    """``node_role`` and ``security_group_ids`` are the pool's own for an isolated pool;
+    without ids the nodes join the cluster security group."""
     cluster = spec.cluster.name
     tags = {**spec.cluster.tags, "runner-platform.io/pool": pool.name}
     if pool.owner:
@@ -145,9 +205,7 @@ def ec2_node_class(spec: PlatformSpec, pool: Pool, node_role: Any) -> Manifest:
             "role": node_role,
             "amiSelectorTerms": [{"alias": "al2023@latest"}],
             "subnetSelectorTerms": [{"tags": {"karpenter.sh/discovery": cluster}}],
-            # EKS tags the cluster security group it creates with this key; nodes in it
-            # reach the control plane, CoreDNS and each other like the system nodes do.
-            "securityGroupSelectorTerms": [{"tags": {"aws:eks:cluster-name": cluster}}],
+            "securityGroupSelectorTerms": security_group_terms(security_group_ids, cluster),
             "kubelet": {"maxPods": max_pods(spec, pool)},
             "blockDeviceMappings": [
                 {
@@ -396,26 +454,151 @@ def prepull_daemonset(spec: PlatformSpec, pool: Pool) -> Manifest:
     }
 
 
+def nvidia_plugin_affinity(spec: PlatformSpec) -> dict[str, Any]:
+    """The device plugin runs on the nodes of the spec's GPU pools that carry NVIDIA GPUs.
+
+    The chart's default affinity asks for Node Feature Discovery labels this platform does
+    not deploy, so it is replaced, not removed: a ``None`` meant to delete it may be
+    dropped by the Pulumi engine before Helm sees it, leaving the default (and no plugin
+    anywhere). Helm replaces lists wholesale, so this one term is the whole requirement:
+    the pool label every GPU pool's NodePool puts on its nodes, and the GPU maker Karpenter
+    labels a node with from its instance type (a GPU pool allowing an AMD family gets no
+    NVIDIA plugin on those nodes).
+    """
+    gpu_pools = [pool.name for pool in spec.pools if pool.profile == "gpu"]
+    term = {
+        "matchExpressions": [
+            {"key": POOL_LABEL, "operator": "In", "values": gpu_pools},
+            {"key": NVIDIA_GPU_MANUFACTURER_LABEL, "operator": "In", "values": ["nvidia"]},
+        ]
+    }
+    required = {"nodeSelectorTerms": [term]}
+    return {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": required}}
+
+
 def nvidia_plugin_values(spec: PlatformSpec) -> dict[str, Any]:
+    """Values of the device plugin chart: only keys its values.yaml defines, no nulls
+    (tests/integration/test_helm_charts.py renders them with the real chart)."""
     gpu_pools = [pool for pool in spec.pools if pool.profile == "gpu"]
     seen: dict[tuple[str, str, str], dict[str, str]] = {}
     for pool in gpu_pools:
         for tol in tolerations(pool):
             seen[(tol["key"], tol["value"], tol["effect"])] = tol
     return {
-        "nodeSelector": {"karpenter.k8s.aws/instance-gpu-manufacturer": "nvidia"},
-        "affinity": None,
+        "affinity": nvidia_plugin_affinity(spec),
+        # The GPU pools' taints, replacing the chart's CriticalAddonsOnly / nvidia.com/gpu
+        # Exists pair (lists are replaced whole).
         "tolerations": list(seen.values()),
     }
 
 
-def pool_objects(spec: PlatformSpec, pool: Pool, node_role: Any) -> list[Manifest]:
-    objects = [ec2_node_class(spec, pool, node_role), node_pool(spec, pool)]
+def pool_objects(
+    spec: PlatformSpec,
+    pool: Pool,
+    node_role: Any,
+    security_group_ids: Sequence[Any] | None = None,
+) -> list[Manifest]:
+    objects = [ec2_node_class(spec, pool, node_role, security_group_ids), node_pool(spec, pool)]
     if pool.warm_nodes > 0:
         objects.append(placeholder_deployment(spec, pool))
     if prepulls(pool):
         objects.append(prepull_daemonset(spec, pool))
     return objects
+
+
+def _rule_suffix(protocol: str, port: int) -> str:
+    return protocol if port < 0 else f"{protocol}-{port}"
+
+
+class IsolatedIdentity(pulumi.ComponentResource):
+    """An isolated pool's own node role (with its cluster access) and security group."""
+
+    role_name: pulumi.Output[str]
+    security_group_id: pulumi.Output[str]
+
+    def __init__(
+        self,
+        name: str,
+        spec: PlatformSpec,
+        pool: Pool,
+        cluster: Cluster,
+        opts: pulumi.ResourceOptions | None = None,
+    ) -> None:
+        super().__init__("runner-platform:node_pools:IsolatedIdentity", name, None, opts)
+        child = pulumi.ResourceOptions(parent=self)
+        tags = {**spec.cluster.tags, "runner-platform.io/pool": pool.name}
+        if pool.owner is not None:
+            tags["runner-platform.io/team"] = pool.owner
+        role = aws.iam.Role(
+            f"{name}-node",
+            name=isolated_node_role_name(spec.cluster.name, pool.name),
+            assume_role_policy=pulumi.Output.json_dumps(
+                iam_documents.service_trust_policy("ec2.amazonaws.com")
+            ),
+            tags=tags,
+            opts=child,
+        )
+        for index, arn in enumerate(node_policy_arns(cluster.partition)):
+            aws.iam.RolePolicyAttachment(
+                f"{name}-node-{index}", role=role.name, policy_arn=arn, opts=child
+            )
+        aws.eks.AccessEntry(
+            f"{name}-node",
+            cluster_name=spec.cluster.name,
+            principal_arn=role.arn,
+            type="EC2_LINUX",
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[cluster.eks_cluster]),
+        )
+        group = aws.ec2.SecurityGroup(
+            f"{name}-nodes",
+            vpc_id=cluster.vpc_id,
+            description=f"Nodes of the isolated pool {pool.name} (team {pool.owner})",
+            egress=[
+                aws.ec2.SecurityGroupEgressArgs(
+                    protocol="-1", from_port=0, to_port=0, cidr_blocks=["0.0.0.0/0"]
+                )
+            ],
+            tags={**tags, "Name": f"{spec.cluster.name}-{pool.name}"},
+            opts=child,
+        )
+        aws.ec2.SecurityGroupRule(
+            f"{name}-self",
+            type="ingress",
+            security_group_id=group.id,
+            source_security_group_id=group.id,
+            protocol="-1",
+            from_port=0,
+            to_port=0,
+            description="the pool's own nodes",
+            opts=child,
+        )
+        for protocol, low, high, why in INTO_ISOLATED_FROM_CLUSTER:
+            aws.ec2.SecurityGroupRule(
+                f"{name}-from-cluster-{_rule_suffix(protocol, low)}",
+                type="ingress",
+                security_group_id=group.id,
+                source_security_group_id=cluster.cluster_security_group_id,
+                protocol=protocol,
+                from_port=low,
+                to_port=high,
+                description=why,
+                opts=child,
+            )
+        for protocol, low, high, why in INTO_CLUSTER_FROM_ISOLATED:
+            aws.ec2.SecurityGroupRule(
+                f"{name}-to-cluster-{_rule_suffix(protocol, low)}",
+                type="ingress",
+                security_group_id=cluster.cluster_security_group_id,
+                source_security_group_id=group.id,
+                protocol=protocol,
+                from_port=low,
+                to_port=high,
+                description=f"{why}, from isolated pool {pool.name}",
+                opts=child,
+            )
+        self.role_name = role.name
+        self.security_group_id = group.id
+        self.register_outputs({"role": self.role_name, "security_group": self.security_group_id})
 
 
 class NodePools(pulumi.ComponentResource):
@@ -431,6 +614,8 @@ class NodePools(pulumi.ComponentResource):
         provider: k8s.Provider,
         depends_on: list[pulumi.Resource],
         opts: pulumi.ResourceOptions | None = None,
+        *,
+        cluster: Cluster,
     ) -> None:
         super().__init__("runner-platform:node_pools:NodePools", name, None, opts)
         after = pulumi.ResourceOptions(parent=self, provider=provider, depends_on=depends_on)
@@ -442,12 +627,28 @@ class NodePools(pulumi.ComponentResource):
         if any(pool.warm_nodes for pool in spec.pools):
             warm.append(declare(placeholder_priority_class(), after))
         for pool in spec.pools:
-            for manifest in pool_objects(spec, pool, node_role_name):
+            role: pulumi.Input[str] = node_role_name
+            groups: list[pulumi.Output[str]] | None = None
+            identity_of: list[pulumi.Resource] = []
+            if pool.kind == "isolated":
+                identity = IsolatedIdentity(
+                    f"{name}-{pool.name}",
+                    spec,
+                    pool,
+                    cluster,
+                    opts=pulumi.ResourceOptions(parent=self),
+                )
+                role, groups = identity.role_name, [identity.security_group_id]
+                identity_of = [identity]
+            for manifest in pool_objects(spec, pool, role, groups):
                 needs_warm = manifest["kind"] in ("Deployment", "DaemonSet")
                 declare(
                     manifest,
                     pulumi.ResourceOptions.merge(
-                        after, pulumi.ResourceOptions(depends_on=warm if needs_warm else [])
+                        after,
+                        pulumi.ResourceOptions(
+                            depends_on=[*identity_of, *(warm if needs_warm else [])]
+                        ),
                     ),
                 )
         if any(pool.profile == "gpu" for pool in spec.pools):

@@ -34,10 +34,11 @@ def _serve(settings: Settings) -> int:
     spec = load_spec_or_exit(settings.spec_path)
     redis = connect_redis(settings)
     metrics = Metrics()
+    clients = github_clients(spec, settings, metrics)
     verifier = TeamVerifier(
         spec,
         redis,
-        github_clients(spec, settings, metrics),
+        clients,
         positive_ttl=settings.member_ttl_seconds,
         negative_ttl=settings.negative_ttl_seconds,
         metrics=metrics,
@@ -52,6 +53,28 @@ def _serve(settings: Settings) -> int:
         queue_bound=settings.queue_bound,
         invalidate_membership=verifier.invalidate,
     )
+    if settings.reconcile_seconds > 0:  # the lost-webhook reconciler, one per instance
+        from controller.ingest.reconcile import Reconciler, reconcile_settings
+
+        try:
+            tuning = reconcile_settings(settings)
+        except ValueError as error:
+            print(f"controller: {error}", file=sys.stderr)
+            return 2
+        app.background.extend(
+            Reconciler(
+                spec,
+                instance,
+                clients[instance.name],
+                redis,
+                app.store,
+                app.audit,
+                settings=tuning,
+                metrics=metrics,
+                router=app.router,
+            ).run
+            for instance in spec.github_instances
+        )
     config = uvicorn.Config(
         app,
         host=settings.host,
@@ -104,12 +127,20 @@ async def _listen_forever(settings: Settings) -> None:
         await listener.ensure_group()
 
     async def run(listener: Listener) -> None:
+        failures = 0
         while True:
             try:
                 await listener.process_once(block_ms=1000)
-            except Exception:
-                logging.getLogger(__name__).exception("listener %s", listener.scale_set.name)
-                await asyncio.sleep(1)
+                failures = 0
+            except Exception as error:
+                # Redis away (a restart, a failover): back off up to 5 s; the client
+                # reconnects on the next command. Nothing is acknowledged meanwhile.
+                failures += 1
+                delay = min(5.0, 0.2 * 2**failures)
+                logging.getLogger(__name__).warning(
+                    "listener %s: %s; retry in %.1fs", listener.scale_set.name, error, delay
+                )
+                await asyncio.sleep(delay)
 
     # As PID 1 of its container the process has no default SIGTERM action: without a
     # handler the kubelet would wait out the grace period and kill it.
@@ -126,6 +157,21 @@ async def _listen_forever(settings: Settings) -> None:
     await asyncio.gather(work, return_exceptions=True)
 
 
+def _dump_tasks() -> None:
+    """SIGUSR1: every asyncio task's stack to stderr (a stuck loop, diagnosed live)."""
+    for task in asyncio.all_tasks():
+        lines = [f"task {task.get_name()}:"]
+        awaited: Any = task.get_coro()
+        while awaited is not None:  # the chain of coroutines it is awaiting, outermost first
+            frame = getattr(awaited, "cr_frame", None) or getattr(awaited, "ag_frame", None)
+            if frame is not None:
+                lines.append(
+                    f"  {frame.f_code.co_filename}:{frame.f_lineno} {frame.f_code.co_name}"
+                )
+            awaited = getattr(awaited, "cr_await", None) or getattr(awaited, "ag_await", None)
+        print("\n".join(lines), file=sys.stderr, flush=True)
+
+
 async def _provision_forever(settings: Settings) -> int:
     import signal
 
@@ -135,7 +181,7 @@ async def _provision_forever(settings: Settings) -> int:
     from controller.metrics import Metrics
     from controller.provision.demand import DemandStore
     from controller.provision.kube import KubeApi, KubeConfig
-    from controller.provision.leader import Leadership
+    from controller.provision.leader import Shards
     from controller.provision.provisioner import Provisioner, Tuning
     from controller.provision.reaper import Reaper
     from controller.wiring import (
@@ -160,15 +206,25 @@ async def _provision_forever(settings: Settings) -> int:
     )
     # The pod name, plus the pid so two processes on one host (tests) are two candidates.
     identity = f"{socket.gethostname()}-{os.getpid()}"
-    leadership = Leadership(kube, spec.controller.namespace, identity)
+    teams = {s.name: s.team for s in spec.scale_sets()}
+    shards = Shards(
+        kube,
+        spec.controller.namespace,
+        identity,
+        teams,
+        duration=settings.lease_seconds,
+        renew_seconds=settings.lease_renew_seconds,
+        on_change=lambda held: provisioner.mark(*held),
+        in_flight=lambda name: provisioner.inflight[name] > 0,
+    )
     provisioner = Provisioner(
         spec,
         facts,
         DemandStore(
             redis,
             [s.name for s in spec.scale_sets()],
-            socket.gethostname(),
-            {s.name: s.team for s in spec.scale_sets()},
+            identity,
+            teams,
         ),
         kube,
         github_clients(spec, settings, metrics),
@@ -179,7 +235,7 @@ async def _provision_forever(settings: Settings) -> int:
             resync_seconds=settings.resync_seconds,
             idle_grace_seconds=settings.idle_grace_seconds,
         ),
-        may_act=lambda: leadership.held,
+        may_act=shards.held,
     )
     reaper = Reaper(
         provisioner,
@@ -190,35 +246,57 @@ async def _provision_forever(settings: Settings) -> int:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stopped.set)
-    # Only the Lease holder acts; the other replicas wait their turn.
-    acquiring = asyncio.ensure_future(leadership.acquire())
-    await asyncio.wait(
-        [acquiring, asyncio.ensure_future(stopped.wait())], return_when="FIRST_COMPLETED"
-    )
-    if not acquiring.done():
-        acquiring.cancel()
-        await kube.aclose()
-        return 0
-    work = asyncio.gather(provisioner.run(), reaper.run(settings.reap_seconds), leadership.keep())
-    lost = asyncio.ensure_future(leadership.lost.wait())
+    loop.add_signal_handler(signal.SIGUSR1, _dump_tasks)  # what is it waiting on?
+    publisher = None
+    if settings.cloudwatch_namespace:  # per-team counts and runner minutes, from IRSA
+        from controller.cloudwatch import CloudWatchPublisher
+
+        try:
+            publisher = CloudWatchPublisher(
+                settings.cloudwatch_namespace,
+                metrics,
+                {s.name: (s.team, s.pool) for s in spec.scale_sets()},
+                shards.held,
+                interval=settings.cloudwatch_seconds,
+                endpoint_url=settings.cloudwatch_endpoint,
+            )
+        except ValueError as error:
+            print(f"controller: {error}", file=sys.stderr)
+            await kube.aclose()
+            return 2
+    # Every replica runs every loop; each acts only on the scale sets whose Leases it holds.
+    loops = [
+        asyncio.ensure_future(coroutine)
+        for coroutine in (
+            provisioner.run(),
+            reaper.run(settings.reap_seconds),
+            shards.keep(),
+            *([publisher.run()] if publisher is not None else []),
+        )
+    ]
+    work = asyncio.gather(*loops)
     interrupted = asyncio.ensure_future(stopped.wait())
     # A loop that died (a bug, a watch that cannot recover) must not leave a replica that
-    # renews its Lease and does nothing: it ends the process, and a peer takes over.
-    waits: list[asyncio.Future[Any]] = [interrupted, lost, work]
+    # renews its Leases and does nothing: it ends the process, and its peers take over.
+    waits: list[asyncio.Future[Any]] = [interrupted, work]
     await asyncio.wait(waits, return_when="FIRST_COMPLETED")
     failed = work.done() and not work.cancelled() and work.exception() is not None
     if failed:
         logging.getLogger(__name__).error(
             "a provisioner loop ended: %s", type(work.exception()).__name__
         )
-    # SIGTERM: stop creating, let creations under way finish, leave running jobs alone.
+    # SIGTERM: stop creating, let creations under way finish (the Leases are still
+    # renewed meanwhile), leave running jobs alone, then hand every Lease over.
     logging.getLogger(__name__).info("stopping: no new runners; running jobs are left alone")
     await provisioner.stop()
-    work.cancel()
-    await asyncio.gather(work, return_exceptions=True)
-    await leadership.release()
+    for running in loops:  # each one: cancelling a gather that failed cancels nothing
+        running.cancel()
+    await asyncio.gather(*loops, return_exceptions=True)
+    if publisher is not None:
+        await publisher.flush()
+    await shards.release_all()
     await kube.aclose()
-    return 1 if failed or (lost.done() and not stopped.is_set()) else 0
+    return 1 if failed else 0
 
 
 def _audit(args: argparse.Namespace, settings: Settings) -> int:

@@ -7,9 +7,11 @@ reads the stream back with filters.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
+from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -48,20 +50,64 @@ def log_record(record: AuditRecord) -> None:
         log.info("%s", record.decision, extra={"audit": record.as_dict()})
 
 
+class AuditUnavailable(RuntimeError):
+    """A required audit record could not be written."""
+
+
 class AuditLog:
-    def __init__(self, redis: aioredis.Redis, max_records: int = 1_000_000) -> None:
+    """The audit stream. A record that cannot be written (Redis away) is kept in memory,
+    in order, and written before the next record that can be (up to ``backlog`` records;
+    past that the oldest are dropped, counted in the log): a restart of Redis loses no
+    record of an effect that happened meanwhile."""
+
+    def __init__(
+        self, redis: aioredis.Redis, max_records: int = 1_000_000, backlog: int = 100_000
+    ) -> None:
         self.redis = redis
         self.max_records = max_records
+        self.backlog: deque[str] = deque(maxlen=backlog)
+        self.dropped = 0
+        self._flushing = asyncio.Lock()
 
-    async def record(self, record: AuditRecord) -> None:
-        """Log, then append to the stream; a Redis failure is logged, never raised."""
+    async def record(self, record: AuditRecord, *, required: bool = False) -> None:
+        """Log, then append to the stream (after any backlog). On a Redis failure the
+        record joins the backlog — unless ``required``: then :class:`AuditUnavailable` is
+        raised, for an effect that must not happen unrecorded (the caller does not go
+        ahead)."""
         log_record(record)
+        text = record.to_json()
         try:
+            if self.backlog:
+                await self._flush_backlog()
             await self.redis.xadd(
-                AUDIT_STREAM, {"r": record.to_json()}, maxlen=self.max_records, approximate=True
+                AUDIT_STREAM, {"r": text}, maxlen=self.max_records, approximate=True
             )
-        except aioredis.RedisError as error:
-            log.warning("audit stream unavailable: %s", type(error).__name__)
+        except Exception as error:  # Redis away, or anything else: never the caller's
+            what = type(error).__name__
+            log.warning("audit stream unavailable: %s", what)
+            if required:
+                raise AuditUnavailable(f"audit stream unavailable: {what}") from None
+            if len(self.backlog) == self.backlog.maxlen:
+                self.dropped += 1
+                log.error("audit backlog full: %d records dropped so far", self.dropped)
+            self.backlog.append(text)
+
+    async def _flush_backlog(self) -> None:
+        """Write the backlog in order, one flusher at a time; a batch leaves the backlog
+        only once written (a failure puts it back in front)."""
+        async with self._flushing:
+            while self.backlog:
+                batch = [self.backlog.popleft() for _ in range(min(500, len(self.backlog)))]
+                try:
+                    async with self.redis.pipeline(transaction=False) as pipe:
+                        for text in batch:
+                            pipe.xadd(
+                                AUDIT_STREAM, {"r": text}, maxlen=self.max_records, approximate=True
+                            )
+                        await pipe.execute()
+                except BaseException:
+                    self.backlog.extendleft(reversed(batch))
+                    raise
 
 
 def _matches(

@@ -122,6 +122,12 @@ class Metrics:
             ["scale_set"],
             registry=r,
         )
+        self.fair_share = Gauge(
+            "runner_platform_fair_share_entitlement",
+            "Runners each team is entitled to on a pool at its limits (pools[].shares).",
+            ["pool", "team"],
+            registry=r,
+        )
         self.jit_configs = Counter(
             "runner_platform_jit_configs_total",
             "JIT runner configs requested from GitHub, by instance and result.",
@@ -140,6 +146,23 @@ class Metrics:
             ["verb", "resource"],
             registry=r,
             buckets=KUBE_API_BUCKETS,
+        )
+        self.reconciler_recovered = Counter(
+            "runner_platform_reconciler_recovered_total",
+            "Work the lost-webhook reconciler recovered, by instance and kind: delivery "
+            "(a failed delivery redelivered), job (a queued job GitHub has and the "
+            "platform had not, fed in as its webhook would be) or event (a start or end "
+            "of a job the platform had, fed in likewise).",
+            ["instance", "kind"],
+            registry=r,
+        )
+        self.reconciler_passes = Counter(
+            "runner_platform_reconciler_passes_total",
+            "Reconciler passes by instance and result: ok, partial (repositories skipped), "
+            "budget (stopped at its share of the API budget), lock-lost, rate-limited, "
+            "unavailable, error.",
+            ["instance", "result"],
+            registry=r,
         )
         self.kube_api_errors = Counter(
             "runner_platform_kube_api_errors_total",

@@ -95,6 +95,37 @@ class Settings:
     """How often the reaper looks for orphans (RUNNER_PLATFORM_REAP_INTERVAL)."""
     provision_metrics_port: int = 9102
     """Port of the provisioner's /metrics (RUNNER_PLATFORM_PROVISION_METRICS_PORT)."""
+    reconcile_seconds: int = 60
+    """How often the lost-webhook reconciler of each GitHub instance runs a pass, in
+    ``serve``; 0 turns it off (RUNNER_PLATFORM_RECONCILE_SECONDS)."""
+    reconcile_max_calls: int = 200
+    """GitHub calls that count against the rate limit one pass may make; a 304 is free
+    (RUNNER_PLATFORM_RECONCILE_MAX_CALLS)."""
+    reconcile_budget_percent: int = 10
+    """Share of the instance's Apps' hourly primary limit the reconciler may spend in an
+    hour (RUNNER_PLATFORM_RECONCILE_BUDGET_PERCENT)."""
+    reconcile_grace_seconds: int = 30
+    """A queued job younger than this is left to its webhook (…_RECONCILE_GRACE)."""
+    reconcile_lookback_seconds: int = 6 * 3600
+    """How far back the first pass reads hook deliveries; later passes read from the
+    previous one on. GitHub keeps them 3 days, GHES 7 (…_RECONCILE_LOOKBACK)."""
+    reconcile_lock_seconds: int = 30
+    """Lifetime of the Redis lock that lets one replica's reconciler act per instance;
+    renewed every third of it (RUNNER_PLATFORM_RECONCILE_LOCK)."""
+    lease_seconds: int = 15
+    """Duration of the per-scale-set and member Leases: a dead replica's scale sets move
+    after this (RUNNER_PLATFORM_LEASE_SECONDS)."""
+    lease_renew_seconds: int = 3
+    """How often a replica renews its Leases and looks at its peers' (…_LEASE_RENEW)."""
+    cloudwatch_namespace: str = ""
+    """Publish per-team runner counts, runner minutes and completed jobs to this CloudWatch
+    namespace from ``provision`` (controller/cloudwatch.py); empty: off. Credentials from
+    boto3's default chain (IRSA), the region from AWS_REGION
+    (RUNNER_PLATFORM_CLOUDWATCH_NAMESPACE)."""
+    cloudwatch_seconds: int = 60
+    """How often those figures are published (RUNNER_PLATFORM_CLOUDWATCH_INTERVAL)."""
+    cloudwatch_endpoint: str = ""
+    """Another CloudWatch endpoint: a VPC endpoint, or moto locally (…_CLOUDWATCH_ENDPOINT)."""
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
@@ -124,6 +155,17 @@ class Settings:
             "startup_grace_seconds": "RUNNER_PLATFORM_STARTUP_GRACE",
             "reap_seconds": "RUNNER_PLATFORM_REAP_INTERVAL",
             "provision_metrics_port": "RUNNER_PLATFORM_PROVISION_METRICS_PORT",
+            "reconcile_seconds": "RUNNER_PLATFORM_RECONCILE_SECONDS",
+            "reconcile_max_calls": "RUNNER_PLATFORM_RECONCILE_MAX_CALLS",
+            "reconcile_budget_percent": "RUNNER_PLATFORM_RECONCILE_BUDGET_PERCENT",
+            "reconcile_grace_seconds": "RUNNER_PLATFORM_RECONCILE_GRACE",
+            "reconcile_lookback_seconds": "RUNNER_PLATFORM_RECONCILE_LOOKBACK",
+            "reconcile_lock_seconds": "RUNNER_PLATFORM_RECONCILE_LOCK",
+            "lease_seconds": "RUNNER_PLATFORM_LEASE_SECONDS",
+            "lease_renew_seconds": "RUNNER_PLATFORM_LEASE_RENEW",
+            "cloudwatch_namespace": "RUNNER_PLATFORM_CLOUDWATCH_NAMESPACE",
+            "cloudwatch_seconds": "RUNNER_PLATFORM_CLOUDWATCH_INTERVAL",
+            "cloudwatch_endpoint": "RUNNER_PLATFORM_CLOUDWATCH_ENDPOINT",
         }
         return _from_env(cls, names, env)
 
@@ -175,6 +217,11 @@ class JobSettings:
     """RUNNER_PLATFORM_VAULT_ROLE: the team's Vault role."""
     vault_audience: str = "runner-platform-vault"
     """RUNNER_PLATFORM_VAULT_AUDIENCE: the audience Vault's role binds."""
+    runner_temp_dir: Path | None = None
+    """RUNNER_TEMP: the runner's per-job temporary folder, emptied before and after each job
+    (never the workspace, whose files a job may upload, cache or commit)."""
+    github_actions: bool = False
+    """GITHUB_ACTIONS: "true" in an Actions job, where ``::add-mask::`` hides a value."""
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> JobSettings:
@@ -188,5 +235,7 @@ class JobSettings:
             "vault_mount": "RUNNER_PLATFORM_VAULT_MOUNT",
             "vault_role": "RUNNER_PLATFORM_VAULT_ROLE",
             "vault_audience": "RUNNER_PLATFORM_VAULT_AUDIENCE",
+            "runner_temp_dir": "RUNNER_TEMP",
+            "github_actions": "GITHUB_ACTIONS",
         }
         return _from_env(cls, names, env)

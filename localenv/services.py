@@ -65,10 +65,19 @@ class _Server:
 
 @dataclass
 class Redis(_Server):
-    """``redis-server`` from Debian, no persistence, loopback only."""
+    """``redis-server`` from Debian, loopback only; no persistence unless ``appendonly``
+    (AOF with ``appendfsync everysec``, as the fault tests restart it: at most the last
+    second of writes is lost by a crash, nothing by a clean stop)."""
 
     workdir: Path = field(default_factory=lambda: new_workdir("redis"))
+    appendonly: bool = False
     start_timeout: ClassVar[float] = 20.0
+
+    def stop_process(self) -> None:
+        """Stop the server (SIGTERM: it writes its AOF out) and keep its folder and port,
+        so :meth:`start` brings the same data back on the same address."""
+        if self.process:
+            self.process.stop()
 
     @property
     def url(self) -> str:
@@ -87,7 +96,9 @@ class Redis(_Server):
                 "--save",
                 "",
                 "--appendonly",
-                "no",
+                "yes" if self.appendonly else "no",
+                "--appendfsync",
+                "everysec",
                 "--dir",
                 str(self.workdir),
             ],

@@ -67,6 +67,7 @@ from controller.model.containers import (
 )
 from controller.model.instances import GitHubApp, GitHubInstance, InlineSafeSecretRef, SecretRef
 from controller.model.pools import Consolidation, Pool, PoolLimits, Taint
+from controller.model.shares import Share, runner_requests, share_problems
 from controller.model.spec import (
     PlatformSpec,
     RuntimeFacts,
@@ -77,6 +78,16 @@ from controller.model.spec import (
     load_spec_json,
 )
 from controller.model.teams import Repository, RunnerResources, Team, is_org_wide, repo_org
+from controller.model.trust import (
+    STS_AUDIENCE,
+    VAULT_POLICY_PREFIX,
+    EnvironmentName,
+    GitHubId,
+    RefPattern,
+    contexts,
+    is_glob,
+    overlap,
+)
 
 __all__ = [
     "BUILDKIT_PORT",
@@ -103,6 +114,8 @@ __all__ = [
     "RUNNER_SERVICE_ACCOUNT",
     "RUNNER_SUBDOMAIN",
     "STOCK_HOOKS",
+    "STS_AUDIENCE",
+    "VAULT_POLICY_PREFIX",
     "Cidr",
     "ClusterSettings",
     "Consolidation",
@@ -111,8 +124,10 @@ __all__ = [
     "DnsLabel",
     "Duration",
     "EndpointSettings",
+    "EnvironmentName",
     "Frozen",
     "GitHubApp",
+    "GitHubId",
     "GitHubInstance",
     "GitHubLogin",
     "HostName",
@@ -124,12 +139,14 @@ __all__ = [
     "PoolLimits",
     "Quantity",
     "RedisSettings",
+    "RefPattern",
     "Repository",
     "RunnerLabel",
     "RunnerResources",
     "RuntimeFacts",
     "ScaleSet",
     "SecretRef",
+    "Share",
     "SpecError",
     "SystemNodes",
     "Taint",
@@ -139,10 +156,15 @@ __all__ = [
     "VaultSettings",
     "VpcSettings",
     "WorkVolume",
+    "contexts",
     "describe_errors",
+    "is_glob",
     "is_org_wide",
     "job_template_key",
     "load_spec",
     "load_spec_json",
+    "overlap",
     "repo_org",
+    "runner_requests",
+    "share_problems",
 ]

@@ -12,13 +12,17 @@ from pydantic import (
 from controller.model.base import (
     GPU_TAINT_KEY,
     MAX_RUNNERS_PER_NODE,
+    PLATFORM_DOMAIN,
+    POOL_LABEL,
     POOL_TAINT_KEY,
     DnsLabel,
     Duration,
     Frozen,
     Quantity,
+    in_platform_domain,
 )
 from controller.model.containers import ToolCache, WorkVolume, default_work_class
+from controller.model.shares import Share
 
 
 class Taint(Frozen):
@@ -93,6 +97,11 @@ class Pool(Frozen):
     """Work volume of runners in the kubernetes and buildkit container modes."""
     tool_cache: ToolCache | None = None
     """A read-only tool cache runners on this pool mount (pre-pulled on the nodes)."""
+    shares: dict[DnsLabel, Share] = Field(
+        default_factory=dict,
+        description="Fair share per team using the pool when it is at its limits: weight, "
+        "min, max (set by the platform owner here, not by the team; docs/provisioner.md).",
+    )
 
     @model_validator(mode="after")
     def _kind_rules(self) -> Pool:
@@ -109,9 +118,23 @@ class Pool(Frozen):
                 raise ValueError("a 'gpu' pool needs 'limits.gpu'")
         elif self.gpus_per_runner:
             raise ValueError("'gpus_per_runner' is only for 'gpu' pools")
-        reserved = {"pool", "runner-platform.io/pool"}
-        if reserved & set(self.labels):
-            raise ValueError(f"labels: {sorted(reserved)} are set by the platform")
+        problems = [
+            f"labels: '{key}' is set by the platform" for key in self.labels if key == POOL_LABEL
+        ]
+        problems += [
+            f"labels: '{key}' is in the '{PLATFORM_DOMAIN}/' domain the platform reserves "
+            "(it marks system nodes, which run the controller, and pool kinds and owners)"
+            for key in self.labels
+            if in_platform_domain(key)
+        ]
+        problems += [
+            f"taints[{index}].key: '{taint.key}' is in the '{PLATFORM_DOMAIN}/' domain the "
+            "platform reserves (it sets the pool taints itself)"
+            for index, taint in enumerate(self.taints)
+            if in_platform_domain(taint.key)
+        ]
+        if problems:
+            raise ValueError("\n".join(problems))
         return self
 
     @property

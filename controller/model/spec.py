@@ -24,7 +24,9 @@ from controller.model.containers import HOOK_MODES, HOOK_PODS_PER_RUNNER
 from controller.model.images import image_problems
 from controller.model.instances import GitHubInstance
 from controller.model.pools import Pool
+from controller.model.shares import share_problems
 from controller.model.teams import Team
+from controller.model.trust import trust_problems
 
 
 class ScaleSet(Frozen):
@@ -151,7 +153,15 @@ class PlatformSpec(Frozen):
                 problems.append(f"pools[{p_index}].owner: unknown team '{pool.owner}'")
             elif not any(pool.name in team.pools for team in self.teams):
                 problems.append(f"pools[{p_index}]: pool '{pool.name}' is used by no team")
-        problems.extend(self._repository_overlaps())
+        problems.extend(trust_problems(self.github_instances, self.teams))
+        if problems:
+            raise ValueError("\n".join(problems))
+        return self
+
+    @model_validator(mode="after")
+    def _fair_shares(self) -> PlatformSpec:
+        """Each pool's shares name teams that use it, and their minimums fit its limits."""
+        problems = share_problems(self.pools, self.teams)
         if problems:
             raise ValueError("\n".join(problems))
         return self
@@ -163,29 +173,6 @@ class PlatformSpec(Frozen):
         if problems:
             raise ValueError("\n".join(problems))
         return self
-
-    def _repository_overlaps(self) -> list[str]:
-        """A repository belongs to one team: OIDC maps a token's repository to one role.
-
-        Exact duplicates and a literal name matched by another team's glob are refused;
-        two globs that merely could overlap are not decidable here and are allowed.
-        """
-        problems: list[str] = []
-        for t_index, team in enumerate(self.teams):
-            for r_index, repo in enumerate(team.repositories):
-                literal = not any(ch in repo for ch in "*?[")
-                for o_index, other in enumerate(self.teams):
-                    if o_index == t_index or other.instance != team.instance:
-                        continue
-                    duplicate = repo.lower() in (r.lower() for r in other.repositories)
-                    if (duplicate and o_index < t_index) or (
-                        not duplicate and literal and other.claims_repository(repo)
-                    ):
-                        problems.append(
-                            f"teams[{t_index}].repositories[{r_index}]: '{repo}' is also "
-                            f"claimed by team '{other.name}'"
-                        )
-        return problems
 
     # -- lookups used by both halves --
 
@@ -248,7 +235,9 @@ class RuntimeFacts(Frozen):
 # --- errors with paths ---------------------------------------------------------------
 
 
-_RELATIVE_PATH = re.compile(r"^[a-z_]+(\[\d+\]|\.[a-z_]+)*: ")
+# A line that starts with a path below the failing value (``org_ids.acme-corp: …``); keys
+# may be org logins or ``org/repo`` names.
+_RELATIVE_PATH = re.compile(r"^[a-z_]+(\[\d+\]|\.[A-Za-z0-9_/-]+)*: ")
 
 
 def _render_loc(loc: tuple[int | str, ...]) -> str:

@@ -18,6 +18,7 @@ any idle runner whose labels match, so no runner is bound to a job.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Iterable
@@ -126,26 +127,47 @@ class DemandStore:
                 if "BUSYGROUP" not in str(error):
                     raise
 
-    async def consume(self, block_ms: int = 1000, count: int = 1000) -> list[Applied]:
-        """Apply this consumer's unacknowledged entries (after a crash), then new ones."""
+    def _streams_of(self, only: set[str] | None) -> list[str]:
+        return [k for k, s in self._streams.items() if only is None or s in only]
+
+    async def consume(
+        self, block_ms: int = 1000, count: int = 1000, only: set[str] | None = None
+    ) -> list[Applied]:
+        """Apply this consumer's unacknowledged entries (after a crash), then new ones;
+        with ``only``, just those scale sets' streams (the ones this replica holds)."""
+        streams = self._streams_of(only)
+        if not streams:
+            await asyncio.sleep(block_ms / 1000)
+            return []
         applied: list[Applied] = []
         for start in ("0", ">"):
-            reply: Any = await self.redis.xreadgroup(
-                GROUP,
-                self.consumer,
-                dict.fromkeys(self._streams, start),
-                count=count,
-                block=None if start == "0" else block_ms,
-            )
+            try:
+                reply: Any = await self.redis.xreadgroup(
+                    GROUP,
+                    self.consumer,
+                    dict.fromkeys(streams, start),
+                    count=count,
+                    block=None if start == "0" else block_ms,
+                )
+            except aioredis.ResponseError as error:
+                if "NOGROUP" not in str(error):
+                    raise
+                # Redis came back without the streams (a restart without persistence):
+                # the groups are made again, and lost demand comes back by reconciliation.
+                log.warning("consumer group missing after a Redis restart: recreating")
+                await self.ensure_groups()
+                return applied
             for stream, entries in reply or []:
                 name = stream.decode() if isinstance(stream, bytes) else str(stream)
                 applied += await self._apply_all(name, entries)
         return applied
 
-    async def claim_abandoned(self, min_idle_ms: int = 30_000) -> list[Applied]:
+    async def claim_abandoned(
+        self, min_idle_ms: int = 30_000, only: set[str] | None = None
+    ) -> list[Applied]:
         """Entries another consumer read and never applied (it died): take them over."""
         applied: list[Applied] = []
-        for stream in self._streams:
+        for stream in self._streams_of(only):
             claimed: Any = await self.redis.xautoclaim(
                 stream, GROUP, self.consumer, min_idle_time=min_idle_ms, count=1000
             )
@@ -242,6 +264,10 @@ class DemandStore:
             log.warning("reading when %s's jobs were queued failed: %s", scale_set, error)
             return []
         return [float(score) for _, score in reply]
+
+    async def mark_busy(self, scale_set: str, runner_name: str, job_id: str) -> None:
+        """GitHub says the runner is busy (read back after a lost event or a restart)."""
+        await self.redis.hsetnx(busy_key(scale_set), runner_name, job_id)
 
     async def forget_busy(self, scale_set: str, runner_name: str) -> None:
         """The runner's pod is gone: it is busy no more (if ``completed`` was lost)."""

@@ -182,7 +182,11 @@ class KubeApi:
         content_type: str | None = None,
         resource: str = "",
         retry_conflict: bool = False,
+        guard: Callable[[], bool] | None = None,
     ) -> Json:
+        """One API call, retried on 429/5xx and transport errors. With ``guard``, every
+        attempt (retries too) is sent only while ``guard()`` is true — a write for a scale
+        set whose Lease this replica no longer holds is never sent late."""
         content = None if body is None else json.dumps(body, separators=(",", ":"))
         headers = self._headers()
         if content_type:
@@ -193,6 +197,8 @@ class KubeApi:
             started = time.perf_counter()
             try:
                 async with self.inflight:
+                    if guard is not None and not guard():
+                        raise KubeError(0, f"{method} {path}: not sent, the Lease is gone")
                     response = await self.http.request(
                         method, path, content=content, params=params, headers=headers
                     )
@@ -228,9 +234,20 @@ class KubeApi:
 
     # -- the calls the provisioner makes --
 
-    async def create(self, namespace: str, resource: str, body: Json) -> Json:
+    async def create(
+        self,
+        namespace: str,
+        resource: str,
+        body: Json,
+        *,
+        guard: Callable[[], bool] | None = None,
+    ) -> Json:
         return await self.request(
-            "POST", f"/api/v1/namespaces/{namespace}/{resource}", body=body, resource=resource
+            "POST",
+            f"/api/v1/namespaces/{namespace}/{resource}",
+            body=body,
+            resource=resource,
+            guard=guard,
         )
 
     async def get(self, namespace: str, resource: str, name: str) -> Json:

@@ -29,14 +29,15 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from controller.audit import AuditLog, AuditRecord
+from controller.audit import AuditLog, AuditRecord, AuditUnavailable
 from controller.errors import GitHubError, GitHubUnavailable, RateLimited
 from controller.github_client import GitHubClient
 from controller.metrics import Metrics
-from controller.model import PlatformSpec, RuntimeFacts, ScaleSet
+from controller.model import PlatformSpec, RuntimeFacts, ScaleSet, Share
 from controller.provision import jit
 from controller.provision.cache import STATES, PodCache, RunnerPod, lean, pod_requests
 from controller.provision.demand import Applied, Demand, DemandStore, job_time
+from controller.provision.fairshare import Claim, Resources, entitlements
 from controller.provision.kube import Conflict, KubeApi, KubeError
 from controller.provision.pod import (
     jit_secret,
@@ -72,7 +73,7 @@ class Provisioner:
         metrics: Metrics,
         tuning: Tuning = Tuning(),
         clock: Callable[[], float] = time.time,
-        may_act: Callable[[], bool] = lambda: True,
+        may_act: Callable[[str], bool] = lambda _: True,
     ) -> None:
         self.spec = spec
         self.facts = facts
@@ -83,7 +84,9 @@ class Provisioner:
         self.metrics = metrics
         self.tuning = tuning
         self.clock = clock
-        self.may_act = may_act  # the Lease is held: checked before each batch of writes
+        # This replica holds the scale set's Lease (leader.py): checked before each batch
+        # of writes for that scale set.
+        self.may_act = may_act
         self.scale_sets = {s.name: s for s in spec.scale_sets()}
         self.teams = {t.name: t for t in spec.teams}
         self.pools = {p.name: p for p in spec.pools}
@@ -96,7 +99,10 @@ class Provisioner:
         self.backoff_until: dict[str, float] = {}  # scale set -> monotonic time
         self.demand_since: dict[str, float] = {}  # pod name -> when its demand was queued
         self.cleaning: set[tuple[str, str]] = set()
+        # Pods this replica deleted (or is deleting): their DELETED event is no loss.
+        self.removing: set[tuple[str, str]] = set()
         self.surplus_since: dict[str, float] = {}  # scale set -> when its surplus began
+        self.wanted: dict[str, int] = {}  # scale set -> its last pass's desired (fair share)
         self._dirty: set[str] = set()
         self._wake = asyncio.Event()
         self._passes: dict[str, asyncio.Task[None]] = {}
@@ -136,8 +142,8 @@ class Provisioner:
         while any(self.inflight.values()) and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
 
-    def mark(self, scale_set: str) -> None:
-        self._dirty.add(scale_set)
+    def mark(self, *scale_sets: str) -> None:
+        self._dirty.update(scale_sets)
         self._wake.set()
 
     def synced(self) -> bool:
@@ -153,20 +159,31 @@ class Provisioner:
         async for kind, obj in self.kube.watch(namespace, "pods", selector(), transform=lean):
             self.cache.apply(namespace, kind, obj)
 
+    def held(self) -> set[str]:
+        """The scale sets this replica acts on now."""
+        return {name for name in self.scale_sets if self.may_act(name)}
+
     async def _consume_demand(self) -> None:
         last_claim = 0.0
+        failures = 0
         while True:
+            held = self.held()
             try:
-                applied = await self.demand_store.consume(block_ms=1000)
+                applied = await self.demand_store.consume(block_ms=1000, only=held)
                 if time.monotonic() - last_claim > 30:
-                    applied += await self.demand_store.claim_abandoned()
+                    applied += await self.demand_store.claim_abandoned(only=held)
                     dropped = await self.demand_store.expire_stale(self.clock())
                     if dropped:
                         log.warning("dropped %d jobs queued longer than GitHub keeps them", dropped)
                     last_claim = time.monotonic()
-            except Exception:
-                log.exception("reading demand from Redis failed; retrying")
-                await asyncio.sleep(1)
+                failures = 0
+            except Exception as error:
+                # Redis away (a restart, a failover): back off up to 5 s and reconnect; the
+                # demand is in Redis, so nothing is acted on from a stale picture meanwhile.
+                failures += 1
+                delay = min(5.0, 0.2 * 2**failures)
+                log.warning("reading demand from Redis failed (%s); retry in %.1fs", error, delay)
+                await asyncio.sleep(delay)
                 continue
             for item in applied:
                 self._observe_event(item)
@@ -186,7 +203,7 @@ class Provisioner:
             try:
                 await asyncio.wait_for(self._wake.wait(), timeout=self.tuning.resync_seconds)
             except TimeoutError:
-                self._dirty.update(self.scale_sets)  # the periodic level-triggered pass
+                self._dirty.update(self.held())  # the periodic level-triggered pass
             self._wake.clear()
             if not self.synced():
                 continue  # never act on a partial picture of the pods
@@ -202,6 +219,8 @@ class Provisioner:
                 self._wake.set()
 
     async def _pass_safely(self, name: str) -> None:
+        if not self.may_act(name):
+            return  # another replica's scale set
         try:
             demand = (await self.demand_store.demand([name]))[name]
             await self.reconcile(self.scale_sets[name], demand)
@@ -232,19 +251,18 @@ class Provisioner:
             self.metrics.runners.labels(scale_set.team, scale_set.pool, state).set(count)
         alive = counts["pending"] + counts["idle"] + counts["busy"]
         supply = alive + self.inflight[scale_set.name]
-        # min_idle keeps warm runners on the team's first pool, where bare
-        # [self-hosted, linux] jobs land (routing.py), not on every pool it may use.
-        idle_floor = team.min_idle if scale_set.pool == team.pools[0] else 0
-        desired = min(team.max_runners, counts["busy"] + demand.queued + idle_floor)
+        desired = self._wish(scale_set, counts["busy"], demand.queued)
         self.metrics.desired_runners.labels(scale_set.name).set(desired)
         self.metrics.actual_runners.labels(scale_set.name).set(supply)
-        if not self.may_act():
+        self.wanted[scale_set.name] = desired  # what it asks of its pool's fair share
+        if not self.may_act(scale_set.name):
             return 0
         if desired >= supply:
             self.surplus_since.pop(scale_set.name, None)
         if desired > supply:
             if self.stopping or time.monotonic() < self.backoff_until.get(scale_set.name, 0.0):
                 return 0
+            await self._peer_wishes(scale_set)  # the pool's scale sets other replicas hold
             room = min(desired - supply, self._team_room(team.name), self._pool_room(scale_set))
             if room <= 0:
                 return 0
@@ -284,40 +302,128 @@ class Provisioner:
                 used += sum(1 for p in self.cache.of(scale_set.name) if not p.finishing)
         return max(0, team.max_runners - used)
 
+    def _wish(self, scale_set: ScaleSet, busy: int, queued: int) -> int:
+        """The runners a scale set wants: busy + queued + its idle floor, at most the
+        team's max_runners. min_idle keeps warm runners on the team's first pool, where
+        bare [self-hosted, linux] jobs land (routing.py), not on every pool it may use."""
+        team = self.teams[scale_set.team]
+        idle_floor = team.min_idle if scale_set.pool == team.pools[0] else 0
+        return min(team.max_runners, busy + queued + idle_floor)
+
+    async def _peer_wishes(self, scale_set: ScaleSet) -> None:
+        """What the pool's scale sets that another replica acts on want (their passes do
+        not run here), from their demand in Redis and their pods in the cache: the fair
+        share of the pool counts every team on it. A failed read keeps the last known."""
+        peers = [
+            other
+            for other in self.scale_sets.values()
+            if other.pool == scale_set.pool
+            and other.name != scale_set.name
+            and not self.may_act(other.name)
+        ]
+        if not peers:
+            return
+        try:
+            demands = await self.demand_store.demand([other.name for other in peers])
+        except Exception as error:
+            log.warning("reading the demand on pool %s failed: %s", scale_set.pool, error)
+            return
+        for other in peers:
+            demand = demands[other.name]
+            busy = self.counts(other, demand.busy)["busy"]
+            self.wanted[other.name] = self._wish(other, busy, demand.queued)
+
     def _pool_room(self, scale_set: ScaleSet) -> int:
         """How many more of this team's runners fit under the pool's limits (every team's
-        runners on the pool count, those being created too)."""
+        runners on the pool count, those being created too), and, on a pool at its
+        limits, within the team's fair share of it (:meth:`_fair_room`)."""
         pool = self.pools[scale_set.pool]
-        used = [0.0, 0.0, 0.0]  # cpu cores, memory bytes, gpus
-        for other in self.scale_sets.values():
-            if other.pool != pool.name:
-                continue
-            runners = [p.requests for p in self.cache.of(other.name) if not p.finishing]
-            runners += [self.runner_requests[other.name]] * self.inflight[other.name]
-            for cpu, memory, _ in runners:
-                used[0] += cpu
-                used[1] += memory
-                used[2] += self.runner_gpus[other.name]
-        limits = (
+        usage = self._pool_usage(pool.name)
+        used = [sum(u[1][i] for u in usage.values()) for i in range(3)]
+        limits = self._pool_limits(pool.name)
+        cpu, memory, _ = self.runner_requests[scale_set.name]
+        need = (cpu, memory, self.runner_gpus[scale_set.name])
+        room = [
+            math.floor((limit - spent) / amount)
+            for limit, spent, amount in zip(limits, used, need, strict=True)
+            if amount > 0 and limit != math.inf
+        ]
+        free = max(0, min(room, default=10**9))
+        return min(free, self._fair_room(scale_set, usage, limits))
+
+    def _pool_limits(self, pool_name: str) -> Resources:
+        pool = self.pools[pool_name]
+        return (
             float(pool.limits.cpu),
             float(parse_quantity(pool.limits.memory)),
             float(pool.limits.gpu) if pool.limits.gpu is not None else math.inf,
         )
-        cpu, memory, _ = self.runner_requests[scale_set.name]
-        need = (cpu, memory, self.runner_gpus[scale_set.name])
-        room = [
-            math.floor((limit - usage) / amount)
-            for limit, usage, amount in zip(limits, used, need, strict=True)
-            if amount > 0 and limit != math.inf
-        ]
-        return max(0, min(room, default=10**9))
+
+    def _pool_usage(self, pool_name: str) -> dict[str, tuple[int, Resources]]:
+        """Per scale set on the pool: its runners (not finishing, plus being created) and
+        what they request (cpu cores, memory bytes, GPUs)."""
+        usage: dict[str, tuple[int, Resources]] = {}
+        for other in self.scale_sets.values():
+            if other.pool != pool_name:
+                continue
+            runners = [p.requests for p in self.cache.of(other.name) if not p.finishing]
+            runners += [self.runner_requests[other.name]] * self.inflight[other.name]
+            gpus = self.runner_gpus[other.name]
+            usage[other.name] = (
+                len(runners),
+                (
+                    sum(r[0] for r in runners),
+                    sum(r[1] for r in runners),
+                    float(gpus * len(runners)),
+                ),
+            )
+        return usage
+
+    def _fair_room(
+        self,
+        scale_set: ScaleSet,
+        usage: dict[str, tuple[int, Resources]],
+        limits: Resources,
+    ) -> int:
+        """The team's entitlement on the pool (max-min fair by weight, ``pools[].shares``;
+        see :mod:`controller.provision.fairshare`) minus the runners it has. What each
+        other team wants is its own last pass's desired count (a scale set not passed
+        yet wants what it has); with no count yet for ``scale_set`` itself, it asks for
+        all the pool could give. When every team's wish fits, this is the wish itself:
+        fair share only shapes a pool at its limits (and a share's max always caps)."""
+        pool = self.pools[scale_set.pool]
+        claims = []
+        for name, (count, used) in usage.items():
+            other = self.scale_sets[name]
+            wanted = self.wanted.get(name)
+            if wanted is None:
+                wanted = 10**9 if name == scale_set.name else count
+            share = pool.shares.get(other.team, Share())
+            cpu, memory, _ = self.runner_requests[name]
+            claims.append(
+                Claim(
+                    team=other.team,
+                    current=count,
+                    want=wanted,
+                    per_runner=(cpu, memory, float(self.runner_gpus[name])),
+                    weight=share.weight,
+                    min=share.min,
+                    max=share.max,
+                    used=used,
+                )
+            )
+        entitled = entitlements(limits, claims)
+        if pool.shares or len(claims) > 1:
+            for team, count in entitled.items():
+                self.metrics.fair_share.labels(pool.name, team).set(count)
+        return max(0, entitled[scale_set.team] - usage[scale_set.name][0])
 
     # -- creating a runner --
 
     async def _create(self, scale_set: ScaleSet, queued_at: float | None) -> None:
         try:
             async with self.writes:
-                if self.stopping or not self.may_act():
+                if self.stopping or not self.may_act(scale_set.name):
                     return
                 if time.monotonic() < self.backoff_until.get(scale_set.name, 0.0):
                     return  # a sibling hit a limit or an error: the next pass tries again
@@ -327,6 +433,8 @@ class Provisioner:
             self._back_off(scale_set, error.retry_after, str(error))
         except (GitHubError, KubeError) as error:
             self.metrics.jit_configs.labels(scale_set.instance, "error").inc()
+            self._back_off(scale_set, 2.0, str(error))
+        except AuditUnavailable as error:  # Redis away: demand is there too; wait for it
             self._back_off(scale_set, 2.0, str(error))
         except Exception:
             log.exception("creating a runner for %s failed", scale_set.name)
@@ -361,13 +469,36 @@ class Provisioner:
         team = self.teams[scale_set.team]
         namespace = team.namespace
         self.inflight_names.add(runner.name)
+
+        def held() -> bool:
+            return self.may_act(scale_set.name)
+
         try:
-            pod = runner_pod(self.spec, self.facts, scale_set, runner.name, runner.runner_id)
-            if not self.may_act():  # the Lease went while GitHub answered: hand over clean
+            if not held():  # the Lease went while GitHub answered: hand over clean
                 await self._delete_registration(scale_set, runner.runner_id)
                 return
+            # Recorded before the pod exists: a process killed after this leaves a record
+            # and at most a registration without a pod, which the reaper removes (and
+            # records); never a pod nobody recorded. No record (Redis away): no pod.
             try:
-                created = await self.kube.create(namespace, "pods", pod)
+                await self.audit.record(
+                    AuditRecord(
+                        decision="runner-created",
+                        reason=f"pod {runner.name} runner {runner.runner_id}",
+                        instance=scale_set.instance,
+                        org=scale_set.org,
+                        scale_set=scale_set.name,
+                        team=scale_set.team,
+                        action="create",
+                    ),
+                    required=True,
+                )
+            except AuditUnavailable:
+                await self._delete_registration(scale_set, runner.runner_id)
+                raise
+            pod = runner_pod(self.spec, self.facts, scale_set, runner.name, runner.runner_id)
+            try:
+                created = await self.kube.create(namespace, "pods", pod, guard=held)
             except Conflict:  # a retried create whose first attempt got through
                 created = await self.kube.get(namespace, "pods", runner.name)
             except KubeError:
@@ -375,7 +506,9 @@ class Provisioner:
                 # would count as supply for a runner that never starts until the reaper's
                 # timeout. The name is this registration's own, so delete by name.
                 try:
-                    await self.kube.delete(namespace, "pods", runner.name)
+                    self.removing.add((namespace, runner.name))
+                    if not await self.kube.delete(namespace, "pods", runner.name):
+                        self.removing.discard((namespace, runner.name))  # never created
                 except KubeError:
                     pass  # still failing: the reaper's
                 await self._delete_registration(scale_set, runner.runner_id)
@@ -392,11 +525,12 @@ class Provisioner:
             secret = jit_secret(scale_set, runner.name, runner.encoded_jit_config)
             secret["metadata"]["ownerReferences"] = [secret_owner_reference(created)]
             try:
-                await self.kube.create(namespace, "secrets", secret)
+                await self.kube.create(namespace, "secrets", secret, guard=held)
             except Conflict:
                 pass  # created by an earlier attempt of this same request
             except KubeError:
                 # Without its Secret the pod can never start: undo all of it now.
+                self.removing.add((namespace, runner.name))
                 await self.kube.delete(
                     namespace, "pods", runner.name, uid=created["metadata"]["uid"]
                 )
@@ -426,18 +560,26 @@ class Provisioner:
                 self.metrics.pod_start.labels(scale_set.team, scale_set.pool).observe(
                     max(0.0, self.clock() - queued)
                 )
-        if new is not None and new.done and not new.deleting and self.may_act():
+        if new is not None and new.done and not new.deleting and self.may_act(new.scale_set):
             key = (new.namespace, new.name)
             if key not in self.cleaning:
                 self.cleaning.add(key)
                 self._spawn(self.finish(new, "succeeded" if new.phase == "Succeeded" else "failed"))
         if new is None:
             self.demand_since.pop(pod.name, None)
+            key = (pod.namespace, pod.name)
+            ours = key in self.removing or key in self.cleaning
+            self.removing.discard(key)
+            if not ours and not pod.done and self.may_act(pod.scale_set):
+                # Deleted by someone else while it could run a job: its node went (spot
+                # interruption, node loss and the pod GC), or a person deleted it.
+                self._spawn(self.lost(pod))
         self.mark(pod.scale_set)
 
     async def finish(self, pod: RunnerPod, reason: str, *, registration: bool = True) -> None:
         """A runner is done (or must go): pod, Secret and registration removed, recorded."""
         scale_set = self.scale_sets[pod.scale_set]
+        self.removing.add((pod.namespace, pod.name))
         try:
             await asyncio.gather(
                 self.kube.delete(pod.namespace, "pods", pod.name, uid=pod.uid),
@@ -445,7 +587,10 @@ class Provisioner:
             )
             if pod.runner_id and registration:
                 await self._delete_registration(scale_set, pod.runner_id, name=pod.name)
-            await self.demand_store.forget_busy(pod.scale_set, pod.name)
+            try:
+                await self.demand_store.forget_busy(pod.scale_set, pod.name)
+            except Exception as error:  # Redis away: the reaper's busy pass mends it
+                log.warning("forgetting %s as busy failed: %s", pod.name, error)
             await self.audit.record(
                 AuditRecord(
                     decision="runner-finished" if reason in ("succeeded", "failed") else "reaped",
@@ -463,6 +608,46 @@ class Provisioner:
             log.warning("cleaning up runner %s failed (%s); the reaper retries", pod.name, error)
         finally:
             self.cleaning.discard((pod.namespace, pod.name))
+
+    async def lost(self, pod: RunnerPod) -> None:
+        """A runner pod that went without finishing (its node was lost): the Secret and
+        the registration go (GitHub refuses while it still counts the runner busy; the
+        reaper removes it once the job has failed), the runner is busy no more, and the
+        job's fate is recorded. A re-run is a new job and is served like any other."""
+        scale_set = self.scale_sets[pod.scale_set]
+        job = ""
+        outcome = "none"
+        try:
+            job = (await self.demand_store.demand([pod.scale_set]))[pod.scale_set].busy.get(
+                pod.name, ""
+            )
+            await self.kube.delete(pod.namespace, "secrets", pod.name)
+            if pod.runner_id:
+                outcome = await self._delete_registration(scale_set, pod.runner_id, name=pod.name)
+            await self.demand_store.forget_busy(pod.scale_set, pod.name)
+        except (KubeError, GitHubError) as error:
+            outcome = f"error ({type(error).__name__}); the reaper retries"
+        except Exception as error:  # Redis away: recorded below all the same
+            outcome = f"error ({type(error).__name__}); the reaper retries"
+        self.metrics.reaped.labels("lost", "pod").inc()
+        try:
+            await self.audit.record(
+                AuditRecord(
+                    decision="runner-lost",
+                    reason=(
+                        f"pod {pod.name} on node {pod.node or '-'} gone while "
+                        f"{'running job ' + job if job else 'idle'}; registration {outcome}"
+                    ),
+                    instance=scale_set.instance,
+                    org=scale_set.org,
+                    job_id=int(job) if job.isdigit() else None,
+                    scale_set=scale_set.name,
+                    team=scale_set.team,
+                    action="cleanup",
+                )
+            )
+        except Exception:
+            log.exception("auditing the loss of %s failed", pod.name)
 
     async def _delete_registration(
         self,
@@ -485,7 +670,7 @@ class Provisioner:
                 return "gone"
             if reply.status == 200 and reply.body.get("busy"):
                 return "busy"
-            if not self.may_act():
+            if not self.may_act(scale_set.name):
                 return "busy"  # not ours to touch any more: leave it as if in use
         reply = await client.delete_runner(scale_set.org, runner_id)
         if reply.status in (200, 204):
@@ -511,11 +696,15 @@ class Provisioner:
         ]
         # Pending pods first (no runner has come up there yet), then the longest idle.
         candidates.sort(key=lambda p: (p.running, p.running_since or p.created))
-        retired = 0
-        for pod in candidates[:surplus]:
-            if await self.retire(pod, "surplus-idle"):
-                retired += 1
-        return retired
+
+        async def retire_one(pod: RunnerPod) -> bool:
+            async with self.writes:  # as many at once as creations, no more
+                if self.stopping or not self.may_act(scale_set.name):
+                    return False  # shutting down or handed over: the next holder retires
+                return await self.retire(pod, "surplus-idle")
+
+        results = await asyncio.gather(*(retire_one(pod) for pod in candidates[:surplus]))
+        return sum(results)
 
     async def retire(self, pod: RunnerPod, reason: str) -> bool:
         """Retire a runner that is not busy: registration first (GitHub refuses if a job

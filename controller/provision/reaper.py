@@ -56,8 +56,8 @@ class Reaper:
 
         while True:
             await asyncio.sleep(interval)
-            if not self.p.synced() or not self.p.may_act():
-                continue
+            if not self.p.synced() or not self.p.held():
+                continue  # a partial picture, or no scale set of this replica's
             try:
                 await self.reap_once()
             except Exception:
@@ -70,7 +70,10 @@ class Reaper:
         now = self.p.clock()
         demand = await self.p.demand_store.demand(list(self.p.scale_sets))
         for scale_set in self.p.scale_sets.values():
+            if not self.p.may_act(scale_set.name):
+                continue  # another replica's
             busy = demand[scale_set.name].busy
+            await self._rebuild_busy(scale_set, busy, registrations, complete)
             for pod in list(self.p.cache.of(scale_set.name)):
                 reason = None
                 if (pod.namespace, pod.name) in self.p.cleaning:
@@ -117,7 +120,7 @@ class Reaper:
         outage says nothing about the runners it did not reach."""
         found: dict[tuple[str, str, str], dict[str, Any]] = {}
         complete: set[tuple[str, str]] = set()
-        orgs = {(s.instance, s.org) for s in self.p.scale_sets.values()}
+        orgs = {(s.instance, s.org) for s in self.p.scale_sets.values() if self.p.may_act(s.name)}
         for instance, org in sorted(orgs):
             client = self.p.github[instance]
             page = 1
@@ -139,6 +142,47 @@ class Reaper:
                 page += 1
         return found, complete
 
+    async def _rebuild_busy(
+        self,
+        scale_set: Any,
+        busy: dict[str, str],
+        registrations: dict[tuple[str, str, str], dict[str, Any]],
+        complete: set[tuple[str, str]],
+    ) -> None:
+        """Busy runners as they are: one whose pod is gone is busy no more; one GitHub says
+        is busy and Redis does not know (its ``in_progress`` was lost, or Redis restarted
+        without it) is counted busy again, so demand is right and the runner is never taken
+        for idle surplus."""
+        namespace = self.p.teams[scale_set.team].namespace
+        for name in list(busy):  # busy runners whose pod is gone (a clean-up without Redis)
+            if self.p.cache.get(namespace, name) is None and name not in self.p.inflight_names:
+                await self.p.demand_store.forget_busy(scale_set.name, name)
+                del busy[name]
+        if (scale_set.instance, scale_set.org) not in complete:
+            return
+        asked = 0
+        for pod in list(self.p.cache.of(scale_set.name)):  # the cache changes meanwhile
+            if not pod.running or pod.name in busy:
+                continue
+            runner = registrations.get((scale_set.instance, scale_set.org, pod.name))
+            if runner is None and pod.runner_id and asked < 20:
+                # Not in the listing: GitHub's pages are offsets, and a registration deleted
+                # meanwhile shifts the next page past one. Ask for this one (1 point).
+                asked += 1
+                try:
+                    reply = await self.p.github[scale_set.instance].runner(
+                        scale_set.org, pod.runner_id
+                    )
+                except GitHubError:
+                    continue
+                runner = reply.body if reply.status == 200 else None
+                if runner is not None and runner.get("name") != pod.name:
+                    continue  # the annotation names someone else's registration
+            if runner is not None and runner.get("busy") and runner.get("id") == pod.runner_id:
+                await self.p.demand_store.mark_busy(scale_set.name, pod.name, "unknown")
+                busy[pod.name] = "unknown"
+                log.info("runner %s is busy on GitHub: counted busy again", pod.name)
+
     def _owner(self, instance: str, org: str, name: str) -> str | None:
         """The scale set a runner name belongs to (name = ``<scale set>-<5 chars>``)."""
         scale_set = self.p.scale_sets.get(scale_set_of(name) or "")
@@ -159,7 +203,7 @@ class Reaper:
             if (instance, org) not in complete:
                 continue
             owner = self._owner(instance, org, name)
-            if owner is None or runner.get("busy"):
+            if owner is None or runner.get("busy") or not self.p.may_act(owner):
                 continue
             namespace = self.p.teams[self.p.scale_sets[owner].team].namespace
             if self.p.cache.get(namespace, name) is not None or name in self.p.inflight_names:
@@ -205,10 +249,12 @@ class Reaper:
                     continue
                 if now - created < self.startup_grace:
                     continue
+                owner = (meta.get("labels") or {}).get("runner-platform.io/scale-set", "")
+                if not self.p.may_act(owner):
+                    continue  # another replica's scale set (or no scale set of ours)
                 if await self.p.kube.delete(namespace, "secrets", name, uid=meta.get("uid")):
                     removed += 1
                     self.p.metrics.reaped.labels("orphan-secret", "secret").inc()
-                    owner = (meta.get("labels") or {}).get("runner-platform.io/scale-set", "")
                     await self._audit(owner, "orphan-secret", f"secret {namespace}/{name}")
         return removed
 

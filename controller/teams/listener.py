@@ -62,13 +62,20 @@ class Listener:
 
     async def process_once(self, count: int = 50, block_ms: int | None = None) -> int:
         """Handle held entries due for retry, then new ones; returns how many were handled."""
-        claimed: Any = await self.redis.xautoclaim(
-            self.stream, GROUP, self.consumer, min_idle_time=self.retry_after_ms, count=count
-        )
-        reclaimed = claimed[1]
-        fresh: Any = await self.redis.xreadgroup(
-            GROUP, self.consumer, {self.stream: ">"}, count=count, block=block_ms
-        )
+        try:
+            claimed: Any = await self.redis.xautoclaim(
+                self.stream, GROUP, self.consumer, min_idle_time=self.retry_after_ms, count=count
+            )
+            reclaimed = claimed[1]
+            fresh: Any = await self.redis.xreadgroup(
+                GROUP, self.consumer, {self.stream: ">"}, count=count, block=block_ms
+            )
+        except aioredis.ResponseError as error:
+            if "NOGROUP" not in str(error):
+                raise
+            # Redis came back empty (a restart without persistence): make the group again.
+            await self.ensure_group()
+            return 0
         entries = list(reclaimed) + [e for _, batch in fresh for e in batch]
         for entry_id, fields in entries:
             await self._handle(entry_id, decode_entry(fields))

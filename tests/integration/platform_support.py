@@ -27,6 +27,7 @@ from kubernetes import client
 from components.controller_manifests import CONTROLLER_NAME, namespaces, rbac, service_accounts
 from components.node_pools import daemonset_pods, runner_priority_class
 from controller.model import PlatformSpec, RuntimeFacts, load_spec
+from controller.provision.leader import KIND_LABEL, SCALE_SET_ANNOTATION
 from controller.provision.pod import selector
 from localenv.dry_run import Rejected, submit
 from localenv.github import GitHubEmulator
@@ -57,12 +58,18 @@ def running_platform(
     extra_env: dict[str, str] | None = None,
     start: bool = True,
     configure: Callable[[Platform], None] | None = None,
+    spec: PlatformSpec | None = None,
+    nodes_per_pool: dict[str, int] | None = None,
 ) -> Iterator[Platform]:
     """A module's platform: Redis flushed, the cluster and emulators cleaned of runners
-    before and after, the processes started (unless ``start`` is false) and stopped."""
+    before and after, the processes started (unless ``start`` is false) and stopped.
+    ``spec`` replaces :func:`kwok_spec`; ``nodes_per_pool`` adds KWOK nodes (default one
+    per pool; nodes stay for the session, like the first)."""
     redis_sync.Redis.from_url(redis_url).flushdb()
-    platform = Platform(kwok_spec(), kube, redis_url, emulators, workdir, dict(extra_env or {}))
-    platform.prepare()
+    platform = Platform(
+        spec or kwok_spec(), kube, redis_url, emulators, workdir, dict(extra_env or {})
+    )
+    platform.prepare(nodes_per_pool)
     if configure is not None:
         configure(platform)
     platform.cleanup()
@@ -324,20 +331,34 @@ class Platform:
             and p.status.phase not in ("Succeeded", "Failed")
         ]
 
-    def lease_holder(self, new: bool = False, process: str = "provision") -> str | None:
-        """The provisioner Lease's holder (with ``new``: only if it is ``process``)."""
+    def lease_holders(self) -> dict[str, str]:
+        """Scale set → the identity holding its Lease ("" when released)."""
         coordination = client.CoordinationV1Api(self.plane.api_client())
-        try:
-            lease = coordination.read_namespaced_lease(
-                "runner-provisioner", self.spec.controller.namespace
+        leases = coordination.list_namespaced_lease(
+            self.spec.controller.namespace, label_selector=f"{KIND_LABEL}=scale-set"
+        ).items
+        return {
+            str((lease.metadata.annotations or {}).get(SCALE_SET_ANNOTATION, "")): str(
+                lease.spec.holder_identity or ""
             )
-        except client.ApiException:
+            for lease in leases
+        }
+
+    def lease_holder(self, new: bool = False, process: str = "provision") -> str | None:
+        """The one identity holding every scale set's Lease (with ``new``: only if it is
+        ``process``), or None."""
+        holders = self.lease_holders()
+        everyone = set(holders.values())
+        if len(holders) < len(self.spec.scale_sets()) or len(everyone) != 1:
             return None
-        holder = str(lease.spec.holder_identity or "")
+        holder = everyone.pop()
         running = self.processes.get(process)
         if new and (running is None or not holder.endswith(f"-{running.pid}")):
             return None
         return holder or None
+
+    def pid_of(self, process: str) -> int:
+        return self.processes[process].pid
 
     def wait_live(self, scale_set: str, count: int, timeout: float = 60) -> None:
         self.wait(

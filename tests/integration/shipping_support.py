@@ -45,7 +45,7 @@ from localenv.services import Redis
 from tests.conftest import DEV_DOCUMENT, ROOT
 from tests.integration.router_support import SECRETS, encode, job_payload, signed
 
-LEASE = "runner-provisioner"
+LEASE = "runner-platform.io/lease"  # the label on the provisioner's Leases
 
 
 @dataclass(frozen=True)
@@ -219,15 +219,12 @@ def service_account_mount(plane: ControlPlane, spec: PlatformSpec, directory: Pa
 
 
 def lease_holder(plane: ControlPlane, namespace: str) -> str | None:
+    """Who holds the scale sets' Leases: None when none is held, else the holders'
+    identities joined by commas (one replica: its identity)."""
     coordination = client.CoordinationV1Api(plane.api_client())
-    try:
-        lease = coordination.read_namespaced_lease(LEASE, namespace)
-    except client.ApiException as error:
-        if error.status == 404:
-            return None
-        raise
-    holder: str | None = lease.spec.holder_identity
-    return holder
+    leases = coordination.list_namespaced_lease(namespace, label_selector=f"{LEASE}=scale-set")
+    holders = sorted({str(item.spec.holder_identity) for item in leases.items} - {"", "None"})
+    return ",".join(holders) or None
 
 
 def answers(url: str) -> int | None:

@@ -44,7 +44,7 @@ def test_rbac_grants_no_wildcards_and_secrets_only_in_runner_namespaces(
         {
             "apiGroups": ["coordination.k8s.io"],
             "resources": ["leases"],
-            "verbs": ["get", "create", "update"],
+            "verbs": ["get", "list", "create", "update", "delete"],
         }
     ]
     team_role = _find(objects, "Role", "runner-controller", "runners-web")
@@ -67,18 +67,21 @@ def test_runner_service_accounts_carry_no_token(dev_spec: PlatformSpec) -> None:
     # The provisioner names the same account in its pods (controller.model.base).
     assert cm.RUNNER_SERVICE_ACCOUNT == "runner"
     assert all(a["automountServiceAccountToken"] is False for a in runners)
+    # Nor does any other pod of a runner namespace: its default account mounts no token.
+    defaults = {
+        a["metadata"]["namespace"]: a["automountServiceAccountToken"]
+        for a in accounts
+        if a["metadata"]["name"] == "default"
+    }
+    assert defaults == {"runners-web": False, "runners-ml": False, "runners-infra": False}
 
 
 def test_runner_egress_excludes_metadata_vpc_and_services(dev_spec: PlatformSpec) -> None:
     policy = _find(_objects(dev_spec), "NetworkPolicy", "runner-egress", "runners-ml")
     world = policy["spec"]["egress"][1]["to"][0]["ipBlock"]
     assert world["cidr"] == "0.0.0.0/0"
-    assert world["except"] == [
-        "169.254.169.254/32",
-        "169.254.170.23/32",
-        "10.40.0.0/16",
-        "172.20.0.0/16",
-    ]
+    # All of link-local (IMDS, Pod Identity, Amazon DNS and time), the VPC, the services.
+    assert world["except"] == ["169.254.0.0/16", "10.40.0.0/16", "172.20.0.0/16"]
     deny = _find(_objects(dev_spec), "NetworkPolicy", "default-deny", "runners-ml")
     assert deny["spec"] == {"podSelector": {}, "policyTypes": ["Ingress", "Egress"]}
 
@@ -165,6 +168,14 @@ def test_the_pod_runs_the_router_the_listeners_and_the_provisioner(dev_spec: Pla
         assert container["securityContext"]["readOnlyRootFilesystem"] is True
 
 
-def test_controller_accepts_only_its_webhook_port(dev_spec: PlatformSpec) -> None:
+def test_controller_accepts_only_its_webhook_port_from_the_load_balancer(
+    dev_spec: PlatformSpec,
+) -> None:
     policy = _find(_objects(dev_spec), "NetworkPolicy", "runner-controller", "runner-platform")
-    assert policy["spec"]["ingress"] == [{"ports": [{"protocol": "TCP", "port": 8080}]}]
+    # The ALB's addresses (target-type ip) are VPC addresses; a CIDR rule admits no pod.
+    assert policy["spec"]["ingress"] == [
+        {
+            "from": [{"ipBlock": {"cidr": "10.40.0.0/16"}}],
+            "ports": [{"protocol": "TCP", "port": 8080}],
+        }
+    ]

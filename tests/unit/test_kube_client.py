@@ -189,3 +189,25 @@ def test_the_in_cluster_token_is_read_whatever_the_scheme_case(
     config = KubeConfig.load(None)
     assert config.token == "in-cluster-token"
     assert config.server == "https://10.96.0.1:443"
+
+
+def test_a_guarded_write_is_not_retried_once_the_guard_turns_false() -> None:
+    # A create for a scale set whose Lease lapsed while it backed off from a 429 is never
+    # sent late: the retry checks the guard before it goes out.
+    sent: list[httpx.Request] = []
+    held = [True]
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        sent.append(request)
+        held[0] = False  # the Lease lapses while this attempt is answered
+        return _status(429, "slow down", **{"retry-after": "0"})
+
+    api = _api(handler)
+    with pytest.raises(KubeError, match="not sent, the Lease is gone"):
+        asyncio.run(api.create("runners-web", "pods", {"kind": "Pod"}, guard=lambda: held[0]))
+    assert len(sent) == 1
+    # Without a guard the same answers are retried (the guard is what stopped it).
+    sent.clear()
+    with pytest.raises(KubeError):
+        asyncio.run(_api(handler, max_attempts=3).create("runners-web", "pods", {"kind": "Pod"}))
+    assert len(sent) == 3

@@ -262,8 +262,11 @@ def test_the_same_repository_on_two_instances_is_two_repositories(
     dev_document: dict[str, Any],
 ) -> None:
     dev_document["github_instances"][0]["orgs"] = ["acme-corp", "platform"]
+    dev_document["github_instances"][0]["org_ids"]["platform"] = 9
     dev_document["github_instances"][0]["apps"][0]["installations"]["platform"] = 9
-    dev_document["teams"][0].update(org="platform", repositories=["platform/site"])
+    dev_document["teams"][0].update(
+        org="platform", repositories=["platform/site"], repository_ids={"platform/site": 3}
+    )
     spec = load_spec(dev_document)
     assert spec.teams[0].repositories == ("platform/site",)
 
@@ -303,6 +306,8 @@ def test_spec_round_trips_through_its_json(
     doc["teams"][0].update(min_idle=min_idle)
     if team_name not in {"ml", "infra"}:
         doc["teams"][0]["name"] = team_name
+        shares = doc["pools"][0]["shares"]
+        shares[team_name] = shares.pop("web")  # a share names its team
     spec = load_spec(doc)
     again = load_spec_json(spec.model_dump_json())
     assert again == spec
@@ -314,6 +319,7 @@ def test_spec_round_trips_through_its_json(
 def test_any_team_name_is_accepted_or_refused_by_path(name: str) -> None:
     doc = copy.deepcopy(DEV_DOCUMENT)
     doc["teams"][2]["name"] = name
+    doc["pools"][0]["shares"].pop("infra")  # else also refused there: not infra's name now
     try:
         spec = load_spec(doc)
     except SpecError as error:
@@ -346,6 +352,7 @@ def test_two_teams_cannot_share_a_runner_group(dev_document: dict[str, Any]) -> 
         **dev_document["teams"][0],
         "name": "intruder",
         "repositories": ["acme-corp/intruder"],
+        "repository_ids": {"acme-corp/intruder": 4711},
         "runner_group": "WEB",
         "pools": ["warm"],
         "container_modes": {},
@@ -357,3 +364,105 @@ def test_two_teams_cannot_share_a_runner_group(dev_document: dict[str, Any]) -> 
         "teams[3].runner_group: 'WEB' is also team 'web''s runner group in acme-corp; "
         "each team needs its own"
     ]
+
+
+# --- fair share (pools[].shares) ---------------------------------------------------------
+
+
+def test_the_dev_stack_shares_its_warm_pool_by_weight(dev_spec: PlatformSpec) -> None:
+    shares = dev_spec.pool("warm").shares
+    assert shares["web"].weight == 2 and shares["web"].min == 4 and shares["web"].max is None
+    assert shares["infra"].weight == 1
+    assert dev_spec.pool("gpu").shares == {}  # no entry: weight 1, no minimum, no maximum
+
+
+SHARES_REFUSED: list[tuple[str, Any, str]] = [
+    ("weight zero", {"web": {"weight": 0}}, "pools[0].shares.web.weight: Input should be"),
+    ("weight negative", {"web": {"weight": -2}}, "pools[0].shares.web.weight: Input should be"),
+    ("weight NaN", {"web": {"weight": float("nan")}}, "pools[0].shares.web.weight: nan is not"),
+    ("weight inf", {"web": {"weight": float("inf")}}, "pools[0].shares.web.weight: inf is not"),
+    ("weight bool", {"web": {"weight": True}}, "pools[0].shares.web.weight: true is not a number"),
+    ("weight text", {"web": {"weight": "2"}}, "pools[0].shares.web.weight: Input should be"),
+    ("min bool", {"web": {"min": False}}, "pools[0].shares.web.min: false is not a number"),
+    ("min negative", {"web": {"min": -1}}, "pools[0].shares.web.min: Input should be"),
+    ("min fraction", {"web": {"min": 1.5}}, "pools[0].shares.web.min: Input should be"),
+    ("max zero", {"web": {"max": 0}}, "pools[0].shares.web.max: Input should be"),
+    ("min over max", {"web": {"min": 9, "max": 8}}, "pools[0].shares.web: min (9) is greater"),
+    ("unknown key", {"web": {"wieght": 2}}, "pools[0].shares.web.wieght: unknown key"),
+    ("unknown team", {"ops": {"weight": 3}}, "pools[0].shares.ops: unknown team 'ops'"),
+    (
+        "a team not on the pool",
+        {"ml": {"weight": 3}},
+        "pools[0].shares.ml: team 'ml' does not use pool 'warm'",
+    ),
+    (
+        "min beyond the team's max_runners",
+        {"web": {"min": 61}},
+        "pools[0].shares.web.min: 61 is more than team 'web''s max_runners (60)",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("shares", "message"),
+    [(shares, message) for _, shares, message in SHARES_REFUSED],
+    ids=[case for case, _, _ in SHARES_REFUSED],
+)
+def test_bad_shares_are_refused_by_path(
+    dev_document: dict[str, Any], shares: Any, message: str
+) -> None:
+    dev_document["pools"][0]["shares"] = shares
+    with pytest.raises(SpecError) as caught:
+        load_spec(dev_document)
+    assert any(p.startswith(message) for p in caught.value.problems), caught.value.problems
+
+
+def test_a_team_cannot_raise_its_own_weight(dev_document: dict[str, Any]) -> None:
+    # Shares live on the pool, which the platform owner writes; the team's entry has no key.
+    dev_document["teams"][2]["shares"] = {"warm": {"weight": 100}}
+    dev_document["teams"][2]["weight"] = 100
+    with pytest.raises(SpecError) as caught:
+        load_spec(dev_document)
+    assert "teams[2].shares: unknown key" in caught.value.problems[0]
+    assert "teams[2].weight: unknown key" in caught.value.problems[1]
+
+
+def test_the_minimums_must_fit_the_pools_limits(dev_document: dict[str, Any]) -> None:
+    # warm: 400 cpu, 1600Gi; web's and infra's runners ask for 2 cpu and 4Gi each.
+    dev_document["pools"][0]["shares"] = {"web": {"min": 60}, "infra": {"min": 20}}
+    dev_document["pools"][0]["limits"] = {"cpu": 150, "memory": "320Gi"}
+    with pytest.raises(SpecError) as caught:
+        load_spec(dev_document)
+    assert caught.value.problems == [
+        "pools[0].shares: the minimums (web: 60, infra: 20 runners) need 160 cpu, more than "
+        "the pool's limits.cpu (150); lower a min or raise the limit"
+    ]
+    dev_document["pools"][0]["limits"] = {"cpu": 160, "memory": "320Gi"}  # exactly fits
+    assert load_spec(dev_document).pool("warm").shares["web"].min == 60
+
+
+def test_sidecars_and_gpus_count_in_the_minimums(dev_document: dict[str, Any]) -> None:
+    # ml on gpu: 4 cpu + 16Gi per runner and 1 GPU; the gpu pool has 16 GPUs.
+    gpu = next(p for p in dev_document["pools"] if p["name"] == "gpu")
+    gpu["shares"] = {"ml": {"min": 17}}
+    with pytest.raises(SpecError) as caught:
+        load_spec(dev_document)
+    assert caught.value.problems == [
+        "pools[2].shares: the minimums (ml: 17 runners) need 17 gpu, more than the pool's "
+        "limits.gpu (16); lower a min or raise the limit"
+    ]
+    # web on nvme runs buildkit: its sidecar's job_resources (2 cpu, 4Gi) count too.
+    nvme = next(p for p in dev_document["pools"] if p["name"] == "nvme")
+    del gpu["shares"]
+    nvme["shares"] = {"web": {"min": 33}}  # 33 x 4 cpu = 132 > 128
+    with pytest.raises(SpecError) as caught:
+        load_spec(dev_document)
+    assert caught.value.problems[0].startswith("pools[4].shares: the minimums (web: 33 runners) ")
+    assert "need 132 cpu" in caught.value.problems[0]
+    nvme["shares"] = {"web": {"min": 32}}
+    assert load_spec(dev_document).pool("nvme").shares["web"].min == 32
+
+
+def test_shares_round_trip_through_the_spec_json(dev_spec: PlatformSpec) -> None:
+    again = load_spec_json(dev_spec.model_dump_json())
+    assert again.pool("warm").shares == dev_spec.pool("warm").shares

@@ -178,3 +178,33 @@ def test_device_plugin_tolerates_every_gpu_pool_taint(dev_spec: PlatformSpec) ->
         ("runner-platform.io/pool", "gpu"),
         ("nvidia.com/gpu", "true"),
     }
+
+
+def test_device_plugin_affinity_names_the_gpu_pools_and_nothing_is_null(
+    dev_document: dict[str, Any],
+) -> None:
+    """The chart's NFD affinity is replaced by an explicit one, never deleted with a null
+    the Pulumi engine may drop (tests/integration/test_helm_charts.py proves it lands)."""
+    dev_document["pools"].append(
+        {**next(p for p in dev_document["pools"] if p["name"] == "gpu"), "name": "gpu-big"}
+    )
+    next(t for t in dev_document["teams"] if t["name"] == "ml")["pools"].append("gpu-big")
+    spec = load_spec(dev_document)
+    values = np.nvidia_plugin_values(spec)
+    terms = values["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"][
+        "nodeSelectorTerms"
+    ]
+    assert terms == [
+        {
+            "matchExpressions": [
+                {"key": "pool", "operator": "In", "values": ["gpu", "gpu-big"]},
+                {
+                    "key": "karpenter.k8s.aws/instance-gpu-manufacturer",
+                    "operator": "In",
+                    "values": ["nvidia"],
+                },
+            ]
+        }
+    ]
+    assert "nodeSelector" not in values
+    assert "None" not in repr(values)

@@ -3,13 +3,17 @@ pool's cpu/memory/gpu limits across every team on it (clients are built, never u
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
+from typing import Any
+
 import redis.asyncio as aioredis
 
 from controller.audit import AuditLog
 from controller.metrics import Metrics
-from controller.model import PlatformSpec, RuntimeFacts
+from controller.model import PlatformSpec, RuntimeFacts, load_spec
 from controller.provision.cache import RunnerPod
-from controller.provision.demand import DemandStore
+from controller.provision.demand import Demand, DemandStore
 from controller.provision.kube import KubeApi, KubeConfig
 from controller.provision.provisioner import Provisioner
 
@@ -79,3 +83,113 @@ def test_a_team_never_exceeds_max_runners_across_its_pools(dev_spec: PlatformSpe
     # A pod labelled web-warm outside web's namespace is not web's runner at all.
     provisioner.cache.put(_runner("web-warm", "runners-ml", 99, 2, GIB))
     assert provisioner._team_room("web") == 5
+
+
+# --- fair share on a pool at its limits (pools[].shares) -----------------------------
+
+
+def _warm_for_100(dev_document: dict[str, Any]) -> PlatformSpec:
+    """The dev stack with room for 100 runners of 2 cpu on warm; web weighs 2, infra 1."""
+    warm = dev_document["pools"][0]
+    warm["limits"] = {"cpu": 200, "memory": "1600Gi"}
+    warm["shares"] = {"web": {"weight": 2}, "infra": {"weight": 1}}
+    for team in dev_document["teams"]:
+        team["max_runners"] = 1000
+    return load_spec(dev_document)
+
+
+def _fill(provisioner: Provisioner, scale_set: str, namespace: str, count: int) -> None:
+    for index in range(count):
+        provisioner.cache.put(_runner(scale_set, namespace, index, 2, 4 * GIB))
+
+
+def test_on_a_full_pool_freed_room_goes_by_weight(dev_document: dict[str, Any]) -> None:
+    spec = _warm_for_100(dev_document)
+    provisioner = _provisioner(spec)
+    web, infra = (next(s for s in spec.scale_sets() if s.name == n) for n in NAMES)
+    provisioner.wanted.update({"web-warm": 500, "infra-warm": 500})
+    _fill(provisioner, "web-warm", "runners-web", 80)
+    _fill(provisioner, "infra-warm", "runners-infra", 20)
+    assert (provisioner._pool_room(web), provisioner._pool_room(infra)) == (0, 0)  # full
+    # 20 of web's runners finished: the 20 free runners bring the pool to 67/33 (web's
+    # next runner at 61/2, infra's at 21/1, one at a time), not all to whoever asks first.
+    for index in range(60, 80):  # being deleted: finishing, no longer counted
+        done = _runner("web-warm", "runners-web", index, 2, 4 * GIB)
+        provisioner.cache.put(dataclasses.replace(done, deleting=True))
+    assert provisioner._pool_room(web) == 7
+    assert provisioner._pool_room(infra) == 13
+    sample = provisioner.metrics.registry.get_sample_value
+    labels = {"pool": "warm", "team": "infra"}
+    assert sample("runner_platform_fair_share_entitlement", labels) == 33
+    # Runners being created count as had: infra's 13 in flight leave it no more room.
+    provisioner.inflight["infra-warm"] = 13
+    assert provisioner._pool_room(infra) == 0
+    assert provisioner._pool_room(web) == 7
+
+
+def test_a_pool_with_room_for_every_wish_behaves_as_without_shares(
+    dev_document: dict[str, Any],
+) -> None:
+    spec = _warm_for_100(dev_document)
+    provisioner = _provisioner(spec)
+    web, infra = (next(s for s in spec.scale_sets() if s.name == n) for n in NAMES)
+    provisioner.wanted.update({"web-warm": 30, "infra-warm": 60})
+    _fill(provisioner, "web-warm", "runners-web", 10)
+    # Both wishes fit (30 + 60 of 100): infra, the lighter team, may take 60, more than
+    # its 33, because web does not want the rest; the pool's own room is the bound.
+    assert provisioner._pool_room(infra) == 60
+    assert provisioner._pool_room(web) == 20  # its wish: 30 less the 10 it has
+    # A team that wants nothing more leaves the whole pool to the other.
+    provisioner.wanted["infra-warm"] = 0
+    provisioner.wanted["web-warm"] = 500
+    assert provisioner._pool_room(web) == 90
+
+
+def test_a_shares_max_caps_a_team_on_the_pool_even_with_room(
+    dev_document: dict[str, Any],
+) -> None:
+    dev_document["pools"][0]["shares"] = {"web": {"max": 12}}
+    provisioner = _provisioner(load_spec(dev_document))
+    web = next(s for s in provisioner.scale_sets.values() if s.name == "web-warm")
+    provisioner.wanted["web-warm"] = 50
+    _fill(provisioner, "web-warm", "runners-web", 5)
+    assert provisioner._pool_room(web) == 7
+
+
+NAMES = ("web-warm", "infra-warm")
+
+
+class _Demands(DemandStore):
+    """Demand as Redis would answer it (the store's own reads are tested against Redis)."""
+
+    def __init__(self, demands: dict[str, Demand]) -> None:
+        self.demands = demands
+        self.asked: list[list[str]] = []
+
+    async def demand(self, scale_sets: list[str]) -> dict[str, Demand]:
+        self.asked.append(scale_sets)
+        return {name: self.demands[name] for name in scale_sets}
+
+
+def test_a_peer_replicas_scale_set_on_the_pool_counts_with_its_demand(
+    dev_document: dict[str, Any],
+) -> None:
+    # This replica acts on web-warm; another holds infra-warm's Lease, so infra's passes
+    # run there. Its wish is read from its demand in Redis (100 queued, 20 busy runners).
+    spec = _warm_for_100(dev_document)
+    provisioner = _provisioner(spec)
+    provisioner.may_act = lambda name: name != "infra-warm"
+    busy = {f"infra-warm-{index:05d}": str(index) for index in range(20)}
+    store = _Demands({"infra-warm": Demand(100, busy)})
+    provisioner.demand_store = store
+    web = next(s for s in spec.scale_sets() if s.name == "web-warm")
+    provisioner.wanted["web-warm"] = 500
+    _fill(provisioner, "web-warm", "runners-web", 40)
+    _fill(provisioner, "infra-warm", "runners-infra", 20)
+    # Not knowing infra's wish, web would take all 40 free runners ...
+    assert provisioner._pool_room(web) == 40
+    asyncio.run(provisioner._peer_wishes(web))
+    assert store.asked == [["infra-warm"]]  # only the scale sets held elsewhere
+    assert provisioner.wanted["infra-warm"] == 120
+    # ... knowing it, the 40 go 27/13: web to 67, infra to 33.
+    assert provisioner._pool_room(web) == 27

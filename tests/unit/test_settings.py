@@ -43,3 +43,29 @@ def test_provisioner_settings_are_typed_and_a_bad_number_is_named() -> None:
     assert Settings.from_env({}).kubeconfig_path is None  # in-cluster by default
     with pytest.raises(ValueError, match="RUNNER_PLATFORM_WRITES='many'"):
         Settings.from_env({"RUNNER_PLATFORM_WRITES": "many"})
+
+
+def test_reconciler_settings_are_read_and_checked() -> None:
+    from controller.ingest.reconcile import reconcile_settings
+
+    settings = Settings.from_env(
+        {
+            "RUNNER_PLATFORM_RECONCILE_SECONDS": "15",
+            "RUNNER_PLATFORM_RECONCILE_MAX_CALLS": "50",
+            "RUNNER_PLATFORM_RECONCILE_BUDGET_PERCENT": "5",
+            "RUNNER_PLATFORM_RECONCILE_GRACE": "20",
+        }
+    )
+    tuning = reconcile_settings(settings)
+    assert (tuning.interval, tuning.max_calls, tuning.budget_percent, tuning.grace) == (
+        15,
+        50,
+        5,
+        20,
+    )
+    defaults = Settings.from_env({})
+    assert (defaults.reconcile_seconds, defaults.reconcile_budget_percent) == (60, 10)
+    with pytest.raises(ValueError, match="BUDGET_PERCENT must be 1 to 100"):
+        reconcile_settings(Settings.from_env({"RUNNER_PLATFORM_RECONCILE_BUDGET_PERCENT": "150"}))
+    with pytest.raises(ValueError, match="RUNNER_PLATFORM_RECONCILE_MAX_CALLS='lots'"):
+        Settings.from_env({"RUNNER_PLATFORM_RECONCILE_MAX_CALLS": "lots"})
