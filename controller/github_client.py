@@ -70,6 +70,8 @@ class AppCredentials:
     """GitHub's secondary limit as seen by this App; ``capacity`` 0 turns pacing off
     (Enterprise Server with rate limits disabled)."""
     remaining: int = 5000
+    limit: int = 5000
+    """The primary limit per hour GitHub last announced (``x-ratelimit-limit``)."""
     tokens: dict[int, tuple[str, float]] = field(
         default_factory=dict
     )  # installation -> (token, exp)
@@ -80,6 +82,8 @@ class Reply:
     status: int
     body: Any
     etag: str | None
+    next_path: str | None = None
+    """The next page (``Link: rel="next"``) as a path under the API URL, if any."""
 
 
 class GitHubClient:
@@ -199,10 +203,40 @@ class GitHubClient:
                 continue
             break
         self._raise_for_limits(response, endpoint)
+        return self._reply(response)
+
+    def _reply(self, response: httpx.Response) -> Reply:
         payload = response.json() if response.content else None
-        return Reply(response.status_code, payload, response.headers.get("etag"))
+        next_url = response.links.get("next", {}).get("url")
+        next_path = None
+        if next_url and next_url.startswith(self.api_url):
+            next_path = next_url[len(self.api_url) :]
+        return Reply(response.status_code, payload, response.headers.get("etag"), next_path)
+
+    async def app_request(
+        self,
+        app: AppCredentials,
+        method: str,
+        path: str,
+        *,
+        endpoint: str,
+        etag: str | None = None,
+    ) -> Reply:
+        """A call as the App itself (App JWT, not an installation token): the App hook's
+        deliveries and redeliveries."""
+        if method != "GET":
+            await app.bucket.take(MUTATION_POINTS)
+        headers = {"Authorization": f"Bearer {self.app_jwt(app)}"}
+        if etag:
+            headers["If-None-Match"] = etag
+        response = await self._send(method, path, endpoint, headers, None)
+        self._raise_for_limits(response, endpoint)
+        return self._reply(response)
 
     def _note_budget(self, app: AppCredentials, response: httpx.Response) -> None:
+        limit = response.headers.get("x-ratelimit-limit")
+        if limit is not None and limit.isdigit():
+            app.limit = int(limit)
         remaining = response.headers.get("x-ratelimit-remaining")
         if remaining is not None and remaining.isdigit():
             app.remaining = int(remaining)
@@ -294,6 +328,98 @@ class GitHubClient:
         """204; 404 if already gone; 422 while the runner is running a job."""
         return await self.request(
             "DELETE", f"/orgs/{org}/actions/runners/{runner_id}", org=org, endpoint="runner_delete"
+        )
+
+    # -- what the lost-webhook reconciler reads (controller/ingest/reconcile.py) --
+
+    async def app_hook_config(self, app: AppCredentials, etag: str | None = None) -> Reply:
+        """``{url, content_type, insecure_ssl}`` of the App's webhook; 404 without one."""
+        return await self.app_request(
+            app, "GET", "/app/hook/config", endpoint="app_hook_config", etag=etag
+        )
+
+    async def app_hook_deliveries(
+        self, app: AppCredentials, path: str | None = None, etag: str | None = None
+    ) -> Reply:
+        """A page of the App hook's deliveries, newest first; ``path`` is a previous
+        reply's ``next_path`` (GitHub pages them by cursor)."""
+        return await self.app_request(
+            app,
+            "GET",
+            path or "/app/hook/deliveries?per_page=100",
+            endpoint="app_hook_deliveries",
+            etag=etag,
+        )
+
+    async def redeliver_app_hook(self, app: AppCredentials, delivery_id: int) -> Reply:
+        """202: GitHub sends the delivery again (same GUID, ``redelivery: true``)."""
+        return await self.app_request(
+            app,
+            "POST",
+            f"/app/hook/deliveries/{delivery_id}/attempts",
+            endpoint="app_hook_redeliver",
+        )
+
+    async def org_hooks(self, org: str, etag: str | None = None) -> Reply:
+        """``[{id, active, events, config: {url, ...}}]``: the org's webhooks."""
+        return await self.request(
+            "GET", f"/orgs/{org}/hooks?per_page=100", org=org, endpoint="org_hooks", etag=etag
+        )
+
+    async def org_hook_deliveries(
+        self, org: str, hook_id: int, path: str | None = None, etag: str | None = None
+    ) -> Reply:
+        return await self.request(
+            "GET",
+            path or f"/orgs/{org}/hooks/{hook_id}/deliveries?per_page=100",
+            org=org,
+            endpoint="org_hook_deliveries",
+            etag=etag,
+        )
+
+    async def redeliver_org_hook(self, org: str, hook_id: int, delivery_id: int) -> Reply:
+        return await self.request(
+            "POST",
+            f"/orgs/{org}/hooks/{hook_id}/deliveries/{delivery_id}/attempts",
+            org=org,
+            endpoint="org_hook_redeliver",
+        )
+
+    async def installation_repositories(
+        self, org: str, page: int = 1, etag: str | None = None
+    ) -> Reply:
+        """``{total_count, repositories: [{full_name, ...}]}`` the org's installation reaches."""
+        return await self.request(
+            "GET",
+            f"/installation/repositories?per_page=100&page={page}",
+            org=org,
+            endpoint="installation_repositories",
+            etag=etag,
+        )
+
+    async def workflow_runs(
+        self, org: str, repository: str, status: str, page: int = 1, etag: str | None = None
+    ) -> Reply:
+        """``{total_count, workflow_runs: [{id, status, triggering_actor, ...}]}``."""
+        return await self.request(
+            "GET",
+            f"/repos/{repository}/actions/runs?status={status}&per_page=100&page={page}",
+            org=org,
+            endpoint="workflow_runs",
+            etag=etag,
+        )
+
+    async def run_jobs(
+        self, org: str, repository: str, run_id: int, page: int = 1, etag: str | None = None
+    ) -> Reply:
+        """``{total_count, jobs: [{id, status, labels, ...}]}`` of the run's latest attempt."""
+        return await self.request(
+            "GET",
+            f"/repos/{repository}/actions/runs/{run_id}/jobs?filter=latest&per_page=100"
+            f"&page={page}",
+            org=org,
+            endpoint="run_jobs",
+            etag=etag,
         )
 
 

@@ -8,10 +8,11 @@ audited and counted; no reply is ever a 500 or carries a stack trace.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -22,7 +23,7 @@ from controller.errors import BadPayload, IngestError, PayloadTooLarge, QueueFul
 from controller.ingest import signatures
 from controller.ingest.events import action_of, parse_workflow_job
 from controller.ingest.routing import Router
-from controller.ingest.store import QUEUE_BOUND, IngestStore
+from controller.ingest.store import QUEUE_BOUND, IngestStore, job_entry
 from controller.metrics import Metrics
 from controller.model import GitHubInstance, PlatformSpec
 
@@ -63,6 +64,7 @@ class WebhookApp:
         audit_max: int = 1_000_000,
         queue_bound: int = QUEUE_BOUND,
         invalidate_membership: InvalidateMembership | None = None,
+        background: Sequence[Callable[[], Awaitable[None]]] = (),
     ) -> None:
         missing = [i.name for i in spec.github_instances if i.name not in secrets]
         if missing:
@@ -80,6 +82,10 @@ class WebhookApp:
         self.body_limit = spec.controller.webhook_body_limit_bytes
         self.invalidate_membership = invalidate_membership
         self.scale_sets = [s.name for s in spec.scale_sets()]
+        # Loops that live as long as the server (the lost-webhook reconcilers): started
+        # at lifespan startup, cancelled (and so cleaned up) at shutdown.
+        self.background = list(background)
+        self._tasks: list[asyncio.Task[None]] = []
         self._counters: dict[tuple[str, str, str], Any] = {}
         self._latencies: dict[str, Any] = {}
 
@@ -110,8 +116,12 @@ class WebhookApp:
         while True:
             message = await receive()
             if message["type"] == "lifespan.startup":
+                self._tasks = [asyncio.create_task(_logged(job)) for job in self.background]
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
+                for task in self._tasks:
+                    task.cancel()
+                await asyncio.gather(*self._tasks, return_exceptions=True)
                 await self.redis.aclose()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
@@ -254,22 +264,7 @@ class WebhookApp:
             await self.audit.record(audit)
             return 202, {"status": "unroutable"}
         audit.scale_set, audit.team = route.scale_set.name, route.team.name
-        entry = {
-            "delivery": delivery,
-            "instance": instance.name,
-            "action": job.action,
-            "job_id": str(job.workflow_job.id),
-            "run_id": str(job.workflow_job.run_id),
-            "org": job.org,
-            "repo": job.repository.full_name,
-            "sender": job.sender.login,
-            "labels": json.dumps(job.workflow_job.labels),
-            "runner_name": job.workflow_job.runner_name or "",
-            "runner_group": job.workflow_job.runner_group_name or "",
-            "conclusion": job.workflow_job.conclusion or "",
-            "created_at": job.workflow_job.created_at or "",
-            "received_at": f"{time.time():.3f}",
-        }
+        entry = job_entry(instance.name, delivery, job)
         stored = await self.store.store(
             instance=instance.name,
             delivery=delivery,
@@ -295,6 +290,16 @@ class WebhookApp:
             return
         assert self.invalidate_membership is not None
         await self.invalidate_membership(f"{instance.name}/{org}", slug, member)
+
+
+async def _logged(job: Callable[[], Awaitable[None]]) -> None:
+    """Run a background loop; one that ends by an error is logged, never silent."""
+    try:
+        await job()
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        log.exception("background task %s ended", getattr(job, "__qualname__", job))
 
 
 async def _read_body(receive: Receive, limit: int) -> bytes:

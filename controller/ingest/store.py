@@ -11,6 +11,8 @@ after the script returned.
 from __future__ import annotations
 
 import asyncio
+import json
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,6 +20,7 @@ import redis.asyncio as aioredis
 
 from controller.audit import AUDIT_STREAM, AuditRecord
 from controller.errors import QueueFull
+from controller.ingest.events import WorkflowJobEvent
 from controller.streams import encode_entry, queue_key
 
 QUEUE_BOUND = 100_000  # jobs waiting per scale set before the router answers 503
@@ -42,6 +45,36 @@ redis.call('SET', KEYS[2], '1', 'EX', ARGV[1])
 redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[3], '*', 'r', ARGV[4])
 return id
 """
+
+
+def job_entry(instance: str, delivery: str, job: WorkflowJobEvent) -> dict[str, str]:
+    """How a job travels from the router (a webhook, or the reconciler's recovery) on."""
+    return {
+        "delivery": delivery,
+        "instance": instance,
+        "action": job.action,
+        "job_id": str(job.workflow_job.id),
+        "run_id": str(job.workflow_job.run_id),
+        "org": job.org,
+        "repo": job.repository.full_name,
+        "sender": job.sender.login,
+        "labels": json.dumps(job.workflow_job.labels),
+        "runner_name": job.workflow_job.runner_name or "",
+        "runner_group": job.workflow_job.runner_group_name or "",
+        "conclusion": job.workflow_job.conclusion or "",
+        "created_at": job.workflow_job.created_at or "",
+        "received_at": f"{time.time():.3f}",
+    }
+
+
+def delivery_key(instance: str, delivery: str) -> str:
+    """Set once a delivery id was stored (or refused as a duplicate)."""
+    return f"rp:delivery:{instance}:{delivery}"
+
+
+def job_action_key(instance: str, job_id: int | str, action: str) -> str:
+    """Set once a job's action was stored, whichever delivery (or recovery) brought it."""
+    return f"rp:jobaction:{instance}:{job_id}:{action}"
 
 
 @dataclass(frozen=True)
@@ -107,13 +140,16 @@ class IngestStore:
         scale_set: str,
         entry: dict[str, str],
         audit: AuditRecord,
+        decision: str = "accepted",
+        reason: str = "",
     ) -> Stored:
-        """Queue ``entry`` (one JSON field ``j``) unless seen; ``audit`` ends up saying which."""
-        audit.decision, audit.reason = "accepted", ""
+        """Queue ``entry`` (one JSON field ``j``) unless seen; ``audit`` ends up saying which
+        (``decision``: ``accepted`` for a webhook, ``recovered`` for the reconciler's)."""
+        audit.decision, audit.reason = decision, reason
         result = await self._batch(
             [
-                f"rp:delivery:{instance}:{delivery}",
-                f"rp:jobaction:{instance}:{job_id}:{action}",
+                delivery_key(instance, delivery),
+                job_action_key(instance, job_id, action),
                 queue_key(scale_set),
                 AUDIT_STREAM,
             ],

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import random
 import re
 import secrets
 import sys
@@ -29,10 +30,30 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from localenv.fault_proxy import Fault, Faults, Injection
 from localenv.github.oidc import OidcIssuer
 from localenv.github.state import Invalid, NotFound, World
-from localenv.github.webhooks import send
+from localenv.github.webhooks import Delivery, drop, send
 
 GHES_VERSION = "3.17.0"
 MAX_EVENTS_WAIT = 30.0  # seconds a runner-events long poll may hold a server thread
+
+
+@dataclass
+class DropRule:
+    """``drop_webhooks``: which deliveries are recorded as failed instead of sent."""
+
+    fraction: float
+    rng: random.Random
+    events: tuple[str, ...]
+    redeliveries: bool
+    status_code: int
+    actions: tuple[str, ...] | None = None
+    dropped: int = 0
+
+    def drops(self, delivery: Delivery) -> bool:
+        if delivery.event not in self.events or (delivery.redelivery and not self.redeliveries):
+            return False
+        if self.actions is not None and delivery.action not in self.actions:
+            return False
+        return self.rng.random() < self.fraction
 
 
 class HttpError(Exception):
@@ -77,6 +98,7 @@ class GitHubEmulator:
         self._points: dict[tuple[str, str], list[tuple[float, int]]] = defaultdict(list)
         self.requests: list[tuple[str, str]] = []
         self.faults = Faults(fullmatch=True)  # by route name: fail(), /_emulator/faults
+        self.drop_rule: DropRule | None = None  # drop_webhooks()
         self._id_token_requests: dict[str, dict[str, Any]] = {}
         self._routes: list[tuple[str, re.Pattern[str], str, Handler]] = []
         self._register_routes()
@@ -164,7 +186,43 @@ class GitHubEmulator:
         return self.faults.add(Fault(status, method, route, times, share, retry_after, after))
 
     def clear_faults(self) -> None:
+        """Remove every ``fail`` rule and stop ``drop_webhooks``."""
         self.faults.clear()
+        self.drop_rule = None
+
+    def drop_webhooks(
+        self,
+        fraction: float,
+        seed: int = 0,
+        *,
+        events: tuple[str, ...] = ("workflow_job",),
+        actions: tuple[str, ...] | None = None,
+        redeliveries: bool = False,
+        status_code: int = 503,
+    ) -> DropRule:
+        """Record ``fraction`` of the deliveries of ``events`` (and ``actions``, if given)
+        as failed (``status_code``, its reason as ``status``) instead of sending them,
+        chosen by a generator seeded with ``seed``; redeliveries go through unless
+        ``redeliveries``. Listed and
+        redeliverable like any failed delivery; ``clear_faults()`` stops it."""
+        if not 0.0 <= fraction <= 1.0:
+            raise ValueError("fraction is between 0 and 1")
+        if not 400 <= status_code <= 599:
+            raise ValueError("status_code is a 4xx or 5xx")
+        self.drop_rule = DropRule(
+            fraction,
+            random.Random(seed),
+            tuple(events),
+            redeliveries,
+            status_code,
+            None if actions is None else tuple(actions),
+        )
+        return self.drop_rule
+
+    def dropped_deliveries(self) -> list[Delivery]:
+        """Every delivery ``drop_webhooks`` recorded as failed instead of sending."""
+        with self.world.lock:
+            return [d for d in self.world.deliveries if d.dropped]
 
     def flush(self, timeout: float = 10.0) -> None:
         """Wait until every pending webhook delivery has been attempted."""
@@ -197,6 +255,11 @@ class GitHubEmulator:
             if batch:
                 self._idle.clear()
                 for hook, delivery in batch:
+                    rule = self.drop_rule
+                    if rule is not None and rule.drops(delivery):
+                        drop(delivery, rule.status_code)
+                        rule.dropped += 1
+                        continue
                     send(hook, delivery, headers)
 
     def _changed(self) -> None:
@@ -463,6 +526,71 @@ class GitHubEmulator:
                 raise HttpError(404, "Not Found")
             return Response(200, world.job_json(found))
 
+        @route("GET", rf"{repo}/actions/runs", "runs")
+        def runs(
+            caller: Caller, p: dict[str, str], _b: Any, query: dict[str, list[str]]
+        ) -> Response:
+            self._require(caller, "installation", p["org"])
+            status = query.get("status", [None])[0]
+            if status not in (None, "queued", "in_progress", "completed"):
+                raise Invalid(f"status {status!r} is not supported here")
+            per_page = min(100, max(1, int(query.get("per_page", ["30"])[0])))
+            page = max(1, int(query.get("page", ["1"])[0]))
+            items = world.workflow_runs(f"{p['org']}/{p['repo']}", status)
+            chunk = items[(page - 1) * per_page : page * per_page]
+            headers = {}
+            if page * per_page < len(items):
+                headers["Link"] = (
+                    f"<{self.api_url}/repos/{p['org']}/{p['repo']}/actions/runs?status="
+                    f'{status or ""}&per_page={per_page}&page={page + 1}>; rel="next"'
+                )
+            return Response(200, {"total_count": len(items), "workflow_runs": chunk}, headers)
+
+        @route("GET", rf"{repo}/actions/runs/{num}/jobs", "run_jobs")
+        def run_jobs(
+            caller: Caller, p: dict[str, str], _b: Any, query: dict[str, list[str]]
+        ) -> Response:
+            self._require(caller, "installation", p["org"])
+            per_page = min(100, max(1, int(query.get("per_page", ["30"])[0])))
+            page = max(1, int(query.get("page", ["1"])[0]))
+            items = world.run_jobs(f"{p['org']}/{p['repo']}", int(p["id"]))
+            chunk = items[(page - 1) * per_page : page * per_page]
+            headers = {}
+            if page * per_page < len(items):
+                headers["Link"] = (
+                    f"<{self.api_url}/repos/{p['org']}/{p['repo']}/actions/runs/{p['id']}"
+                    f'/jobs?per_page={per_page}&page={page + 1}>; rel="next"'
+                )
+            return Response(200, {"total_count": len(items), "jobs": chunk}, headers)
+
+        @route("GET", r"/installation/repositories", "installation_repositories")
+        def installation_repositories(
+            caller: Caller, _p: Any, _b: Any, query: dict[str, list[str]]
+        ) -> Response:
+            self._require(caller, "installation")
+            assert caller.org is not None
+            per_page = min(100, max(1, int(query.get("per_page", ["30"])[0])))
+            page = max(1, int(query.get("page", ["1"])[0]))
+            names = world.org_repositories(caller.org)
+            items = [
+                {
+                    "id": abs(hash(name)) % 10**8,
+                    "name": name.split("/", 1)[1],
+                    "full_name": name,
+                    "owner": {"login": caller.org},
+                    "private": True,
+                }
+                for name in names[(page - 1) * per_page : page * per_page]
+            ]
+            headers = {}
+            if page * per_page < len(names):
+                headers["Link"] = (
+                    f"<{self.api_url}/installation/repositories?per_page={per_page}"
+                    f'&page={page + 1}>; rel="next"'
+                )
+            body = {"total_count": len(names), "repository_selection": "all"}
+            return Response(200, {**body, "repositories": items}, headers)
+
         @route("POST", rf"{repo}/actions/runs/{num}/cancel", "cancel")
         def cancel(caller: Caller, p: dict[str, str], _b: Any, _q: Any) -> Response:
             self._require(caller, "installation", p["org"])
@@ -470,19 +598,64 @@ class GitHubEmulator:
             self._changed()
             return Response(202, {})
 
-        def deliveries_of(hook_id: int | None) -> list[dict[str, Any]]:
-            return [
-                d.summary()
-                for d in reversed(world.deliveries)
-                if hook_id is None or d.hook_id == hook_id
-            ]
+        def deliveries_page(path: str, hook_ids: set[int], query: dict[str, list[str]]) -> Response:
+            """Newest first, ``per_page`` (≤ 100, default 30) a page; the next page by an
+            opaque ``cursor`` in ``Link: rel="next"``, as GitHub pages deliveries."""
+            per_page = min(100, max(1, int(query.get("per_page", ["30"])[0])))
+            cursor = query.get("cursor", [""])[0]
+            below = int(cursor.removeprefix("v1_")) if cursor else None
+            with world.lock:
+                items = [
+                    d
+                    for d in reversed(world.deliveries)
+                    if d.hook_id in hook_ids and (below is None or d.id < below)
+                ]
+            page = items[:per_page]
+            headers = {}
+            if len(items) > per_page:
+                headers["Link"] = (
+                    f"<{self.api_url}{path}?per_page={per_page}&cursor=v1_{page[-1].id}>; "
+                    'rel="next"'
+                )
+            return Response(200, [d.summary() for d in page], headers)
+
+        @route("GET", rf"/orgs/{org_part}/hooks", "org_hooks")
+        def org_hooks(caller: Caller, p: dict[str, str], _b: Any, _q: Any) -> Response:
+            self._require(caller, "installation", p["org"])
+            world.org_id(p["org"])
+            hooks = [world.hooks[h] for h, org in world.hook_orgs.items() if org == p["org"]]
+            return Response(
+                200,
+                [
+                    {
+                        "id": hook.id,
+                        "type": "Organization",
+                        "name": "web",
+                        "active": True,
+                        "events": list(hook.events),
+                        "config": {
+                            "url": hook.url,
+                            "content_type": "json",
+                            "insecure_ssl": "0",
+                        },
+                        "url": f"{self.api_url}/orgs/{p['org']}/hooks/{hook.id}",
+                        "deliveries_url": f"{self.api_url}/orgs/{p['org']}/hooks/{hook.id}"
+                        "/deliveries",
+                    }
+                    for hook in sorted(hooks, key=lambda h: h.id)
+                ],
+            )
 
         @route("GET", rf"/orgs/{org_part}/hooks/(?P<hook>\d+)/deliveries", "org_deliveries")
-        def org_deliveries(caller: Caller, p: dict[str, str], _b: Any, _q: Any) -> Response:
+        def org_deliveries(
+            caller: Caller, p: dict[str, str], _b: Any, query: dict[str, list[str]]
+        ) -> Response:
             self._require(caller, "installation", p["org"])
             if world.hook_orgs.get(int(p["hook"])) != p["org"]:
                 raise HttpError(404, "Not Found")
-            return Response(200, deliveries_of(int(p["hook"])))
+            return deliveries_page(
+                f"/orgs/{p['org']}/hooks/{p['hook']}/deliveries", {int(p["hook"])}, query
+            )
 
         @route(
             "POST",
@@ -497,16 +670,28 @@ class GitHubEmulator:
             self._changed()
             return Response(202, {})
 
-        @route("GET", r"/app/hook/deliveries", "app_deliveries")
-        def app_deliveries(caller: Caller, _p: Any, _b: Any, _q: Any) -> Response:
+        @route("GET", r"/app/hook/config", "app_hook_config")
+        def app_hook_config(caller: Caller, _p: Any, _b: Any, _q: Any) -> Response:
             self._require(caller, "app")
-            app_hooks = [h for h in world.hooks if h not in world.hook_orgs]
-            return Response(200, [d for h in app_hooks for d in deliveries_of(h)])
+            app_hooks = [h for h in world.hooks.values() if h.id not in world.hook_orgs]
+            if not app_hooks:
+                raise HttpError(404, "Not Found")
+            return Response(
+                200, {"content_type": "json", "insecure_ssl": "0", "url": app_hooks[-1].url}
+            )
+
+        @route("GET", r"/app/hook/deliveries", "app_deliveries")
+        def app_deliveries(
+            caller: Caller, _p: Any, _b: Any, query: dict[str, list[str]]
+        ) -> Response:
+            self._require(caller, "app")
+            app_hooks = {h for h in world.hooks if h not in world.hook_orgs}
+            return deliveries_page("/app/hook/deliveries", app_hooks, query)
 
         @route("POST", rf"/app/hook/deliveries/{num}/attempts", "app_redeliver")
         def app_redeliver(caller: Caller, p: dict[str, str], _b: Any, _q: Any) -> Response:
             self._require(caller, "app")
-            world.redeliver(int(p["id"]), None)
+            world.redeliver(int(p["id"]), None, app_hook=True)
             self._changed()
             return Response(202, {})
 
@@ -677,6 +862,21 @@ class GitHubEmulator:
             return Response(200, [f.describe() for f in list(self.faults.rules)])
         if method == "DELETE" and path == "faults":
             self.clear_faults()
+            return Response(204)
+        if method == "POST" and path == "webhooks/drop":
+            rule = self.drop_webhooks(
+                float(data["fraction"]),
+                int(data.get("seed", 0)),
+                events=tuple(data.get("events", ("workflow_job",))),
+                actions=tuple(data["actions"]) if data.get("actions") else None,
+                redeliveries=bool(data.get("redeliveries", False)),
+                status_code=int(data.get("status_code", 503)),
+            )
+            return Response(201, {"fraction": rule.fraction, "events": list(rule.events)})
+        if method == "GET" and path == "webhooks/dropped":
+            return Response(200, [d.summary() for d in self.dropped_deliveries()])
+        if method == "DELETE" and path == "webhooks/drop":
+            self.drop_rule = None
             return Response(204)
         raise HttpError(404, "Not Found")
 

@@ -166,6 +166,7 @@ class World:
     deliveries: list[Delivery] = field(default_factory=list)
     outbox: list[tuple[Hook, Delivery]] = field(default_factory=list)
     events: list[RunnerEvent] = field(default_factory=list)
+    repositories: set[str] = field(default_factory=set)  # "org/repo"; jobs add theirs
     closed: bool = False
     # Shares ``lock``, so events are recorded and waited for under the world's one lock.
     events_changed: threading.Condition = field(init=False)
@@ -346,6 +347,7 @@ class World:
                 **fields,
             )
             self.jobs[job.id] = job
+            self.repositories.add(repository)
             self._emit(job, "queued")
             self._assign()
             return job
@@ -405,6 +407,38 @@ class World:
                 raise NotFound(f"run {run_id}")
             return [self.complete_job(j.id, "cancelled") for j in jobs if j.status != "completed"]
 
+    def runner_lost(self, name: str) -> Job | None:
+        """The runner ``name`` stopped answering (its machine went away): it is offline,
+        and GitHub fails the job it was running (which ends an ephemeral runner)."""
+        with self.lock:
+            runner = next((r for r in self.runners.values() if r.name == name), None)
+            if runner is None:
+                raise NotFound(f"runner {name}")
+            runner.status = "offline"
+            job = self.jobs.get(runner.job_id) if runner.job_id is not None else None
+            if job is None or job.status == "completed":
+                return None
+            return self.complete_job(job.id, "failure")
+
+    def rerun_job(self, job_id: int) -> Job:
+        """Re-run a finished job: a new job of the same run, queued (and announced)."""
+        with self.lock:
+            old = self.jobs.get(job_id)
+            if old is None:
+                raise NotFound(f"job {job_id}")
+            if old.status != "completed":
+                raise Invalid("only a completed job can be re-run")
+            return self.queue_job(
+                old.org,
+                old.repository,
+                list(old.labels),
+                old.sender,
+                run_id=old.run_id,
+                name=old.name,
+                workflow_name=old.workflow_name,
+                head_branch=old.head_branch,
+            )
+
     def job_json(self, job: Job) -> dict[str, Any]:
         runner = job.runner
         return {
@@ -425,6 +459,82 @@ class World:
             "runner_group_id": job.group.id if job.group else None,
             "runner_group_name": job.group.name if job.group else None,
         }
+
+    # -- repositories and workflow runs --
+
+    def add_repository(self, full_name: str) -> None:
+        with self.lock:
+            self.add_org(full_name.split("/", 1)[0])
+            self.repositories.add(full_name)
+
+    def org_repositories(self, org: str) -> list[str]:
+        with self.lock:
+            self.org_id(org)
+            return sorted(r for r in self.repositories if r.split("/", 1)[0] == org)
+
+    def workflow_runs(self, repository: str, status: str | None = None) -> list[dict[str, Any]]:
+        """The repository's runs, newest first: a run is ``queued`` while none of its jobs
+        has started, ``completed`` once all have ended, else ``in_progress``."""
+        with self.lock:
+            runs: dict[int, list[Job]] = {}
+            for job in self.jobs.values():
+                if job.repository == repository:
+                    runs.setdefault(job.run_id, []).append(job)
+            found = []
+            for run_id in sorted(runs, reverse=True):
+                jobs = runs[run_id]
+                states = {job.status for job in jobs}
+                state = (
+                    "queued"
+                    if states == {"queued"}
+                    else "completed"
+                    if states == {"completed"}
+                    else "in_progress"
+                )
+                if status is not None and state != status:
+                    continue
+                first = min(jobs, key=lambda j: j.id)
+                conclusions = {job.conclusion for job in jobs}
+                found.append(
+                    {
+                        "id": run_id,
+                        "name": first.workflow_name,
+                        "run_attempt": 1,
+                        "status": state,
+                        "conclusion": (
+                            None
+                            if state != "completed"
+                            else "cancelled"
+                            if "cancelled" in conclusions
+                            else "failure"
+                            if "failure" in conclusions
+                            else "success"
+                        ),
+                        "head_branch": first.head_branch,
+                        "event": "push",
+                        "created_at": _iso(first.created_at),
+                        "actor": {"login": first.sender, "type": "User"},
+                        "triggering_actor": {"login": first.sender, "type": "User"},
+                        "repository": {
+                            "full_name": repository,
+                            "name": repository.split("/", 1)[1],
+                            "owner": {"login": first.org},
+                        },
+                        "jobs_url": f"/repos/{repository}/actions/runs/{run_id}/jobs",
+                    }
+                )
+            return found
+
+    def run_jobs(self, repository: str, run_id: int) -> list[dict[str, Any]]:
+        with self.lock:
+            jobs = [
+                self.job_json(job)
+                for job in sorted(self.jobs.values(), key=lambda j: j.id)
+                if job.run_id == run_id and job.repository == repository
+            ]
+            if not jobs:
+                raise NotFound(f"run {run_id}")
+            return jobs
 
     # -- runner events --
 
@@ -527,13 +637,19 @@ class World:
             if "workflow_job" in hook.events and org in (None, job.org):
                 self.outbox.append((hook, self._delivery(hook, "workflow_job", action, payload)))
 
-    def redeliver(self, delivery_id: int, hook_id: int | None) -> tuple[Hook, Delivery]:
+    def redeliver(
+        self, delivery_id: int, hook_id: int | None, *, app_hook: bool = False
+    ) -> tuple[Hook, Delivery]:
+        """Send a delivery again (same GUID): of ``hook_id``, of any hook (None), or with
+        ``app_hook`` only of the App's hook (one with no org), as /app/hook/… serves."""
         with self.lock:
             original = next(
                 (
                     d
                     for d in self.deliveries
-                    if d.id == delivery_id and (hook_id is None or d.hook_id == hook_id)
+                    if d.id == delivery_id
+                    and (hook_id is None or d.hook_id == hook_id)
+                    and not (app_hook and d.hook_id in self.hook_orgs)
                 ),
                 None,
             )

@@ -9,6 +9,7 @@ import json
 import time
 import uuid
 from dataclasses import dataclass, field
+from http import HTTPStatus
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -44,6 +45,8 @@ class Delivery:
     status: str = "pending"
     duration: float = 0.0
     delivered_at: float = field(default_factory=time.time)
+    dropped: bool = False
+    """Recorded as failed without being sent (the emulator's ``drop_webhooks`` fault)."""
 
     def summary(self) -> dict[str, Any]:
         """The shape of GitHub's delivery list items."""
@@ -96,7 +99,28 @@ def send(hook: Hook, delivery: Delivery, extra_headers: dict[str, str]) -> None:
         connection.close()
     delivery.duration = time.monotonic() - started
     delivery.delivered_at = time.time()
-    delivery.status = "OK" if 200 <= delivery.status_code < 300 else "failed"
+    delivery.status = status_text(delivery.status_code)
+
+
+def status_text(code: int) -> str:
+    """GitHub's ``status`` of a delivery: ``OK``, the reply's reason, or ``failed`` when
+    nothing answered."""
+    if 200 <= code < 300:
+        return "OK"
+    try:
+        return HTTPStatus(code).phrase
+    except ValueError:
+        return "failed"
+
+
+def drop(delivery: Delivery, status_code: int = 503) -> None:
+    """Record ``delivery`` as failed with ``status_code`` without sending it: what GitHub
+    lists when its attempt met an edge that failed (a load balancer's 503)."""
+    delivery.status_code = status_code
+    delivery.status = status_text(status_code)
+    delivery.duration = 0.0
+    delivery.delivered_at = time.time()
+    delivery.dropped = True
 
 
 def new_guid() -> str:

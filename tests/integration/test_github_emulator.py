@@ -326,3 +326,150 @@ def test_cancelling_a_run_completes_its_jobs_as_cancelled(gh: GitHubEmulator) ->
     assert _post(gh, "/repos/acme/site/actions/runs/777/cancel", token).status_code == 202
     fetched = _get(gh, f"/repos/acme/site/actions/jobs/{job.id}", token).json()
     assert (fetched["status"], fetched["conclusion"]) == ("completed", "cancelled")
+
+
+def _app_jwt(gh: GitHubEmulator, app_id: int = 5) -> str:
+    key = gh.add_app(app_id)
+    now = int(gh.now())
+    return jwt.encode({"iss": str(app_id), "iat": now - 30, "exp": now + 540}, key, "RS256")
+
+
+def test_dropped_deliveries_are_recorded_failed_not_sent(
+    gh: GitHubEmulator, receiver: Receiver
+) -> None:
+    gh.world.add_org("acme")
+    gh.world.add_hook(receiver.url, "s", org="acme")
+    gh.flush()
+    rule = gh.drop_webhooks(0.5, seed=4)
+    for _ in range(20):
+        gh.world.queue_job("acme", "acme/site", ["self-hosted"], "alice")
+    gh.flush()
+    dropped = gh.dropped_deliveries()
+    assert rule.dropped == len(dropped) and 0 < len(dropped) < 20
+    assert {(d.status_code, d.status) for d in dropped} == {(503, "Service Unavailable")}
+    sent = {h["X-GitHub-Delivery"] for h, _ in receiver.received}
+    assert not sent & {d.guid for d in dropped}  # none reached the receiver
+    assert len(sent) == 21 - len(dropped)  # the ping, and every job not dropped
+    # The same seed drops the same deliveries; a redelivery goes through by default.
+    again = GitHubEmulator(kind="cloud").start()
+    try:
+        again.world.add_org("acme")
+        again.drop_webhooks(0.5, seed=4)
+        again.world.add_hook(receiver.url, "s", org="acme")
+        for _ in range(20):
+            again.world.queue_job("acme", "acme/site", ["self-hosted"], "alice")
+        again.flush()
+        assert len(again.dropped_deliveries()) == len(dropped)
+    finally:
+        again.stop()
+    gh.world.redeliver(dropped[0].id, dropped[0].hook_id)
+    gh.flush()
+    assert receiver.received[-1][0]["X-GitHub-Delivery"] == dropped[0].guid
+    gh.clear_faults()  # stops dropping too
+    assert gh.drop_rule is None
+    with pytest.raises(ValueError, match="between 0 and 1"):
+        gh.drop_webhooks(1.5)
+
+
+def test_dropping_is_driven_over_http_by_action(gh: GitHubEmulator, receiver: Receiver) -> None:
+    gh.world.add_org("acme")
+    gh.world.add_hook(receiver.url, "s", org="acme")
+    created = requests.post(
+        f"{gh.url}/_emulator/webhooks/drop",
+        json={"fraction": 1.0, "actions": ["queued"]},
+        timeout=5,
+    )
+    assert created.status_code == 201
+    job = gh.world.queue_job("acme", "acme/site", ["self-hosted"], "alice")
+    gh.world.complete_job(job.id, "cancelled")
+    gh.flush()
+    listed = requests.get(f"{gh.url}/_emulator/webhooks/dropped", timeout=5).json()
+    assert [(d["action"], d["status_code"]) for d in listed] == [("queued", 503)]
+    assert receiver.events()[-1] == ("workflow_job", "completed")
+    assert requests.delete(f"{gh.url}/_emulator/webhooks/drop", timeout=5).status_code == 204
+    assert gh.drop_rule is None
+
+
+def test_delivery_lists_page_by_cursor_and_answer_304_when_unchanged(
+    gh: GitHubEmulator, receiver: Receiver
+) -> None:
+    token = _token(gh)
+    hook = gh.world.add_hook(receiver.url, "s", org="acme")
+    for _ in range(4):
+        gh.world.queue_job("acme", "acme/site", ["self-hosted"], "alice")
+    gh.flush()
+    path = f"/orgs/acme/hooks/{hook.id}/deliveries?per_page=2"
+    first = _get(gh, path, token)
+    ids = [d["id"] for d in first.json()]
+    assert len(ids) == 2 and ids == sorted(ids, reverse=True)  # newest first
+    seen = list(ids)
+    link, remaining = first.headers["Link"], 0
+    while link:
+        url = link.split(";")[0].strip("<>")
+        assert "cursor=" in url
+        page = requests.get(url, headers={"Authorization": f"token {token}"}, timeout=5)
+        seen += [d["id"] for d in page.json()]
+        link, remaining = page.headers.get("Link", ""), int(page.headers["x-ratelimit-remaining"])
+    assert len(seen) == 5 and len(set(seen)) == 5  # the ping and four queued, once each
+    unchanged = _get(gh, path, token, **{"If-None-Match": first.headers["ETag"]})
+    assert unchanged.status_code == 304 and unchanged.content == b""
+    assert int(unchanged.headers["x-ratelimit-remaining"]) == remaining  # free
+    gh.world.queue_job("acme", "acme/site", ["self-hosted"], "alice")
+    gh.flush()
+    changed = _get(gh, path, token, **{"If-None-Match": first.headers["ETag"]})
+    assert changed.status_code == 200 and changed.json()[0]["action"] == "queued"
+
+
+def test_org_hooks_are_listed_and_app_redelivery_is_the_app_hooks_only(
+    gh: GitHubEmulator, receiver: Receiver
+) -> None:
+    token = _token(gh)
+    org_hook = gh.world.add_hook(receiver.url, "s", org="acme")
+    gh.flush()
+    hooks = _get(gh, "/orgs/acme/hooks", token).json()
+    assert [(h["id"], h["config"]["url"], h["active"]) for h in hooks] == [
+        (org_hook.id, receiver.url, True)
+    ]
+    app_jwt = _app_jwt(gh, 6)
+    headers = {"Authorization": f"Bearer {app_jwt}"}
+    assert (
+        requests.get(f"{gh.api_url}/app/hook/deliveries", headers=headers, timeout=5).json() == []
+    )
+    ping = gh.world.deliveries[-1]  # the org hook's: not the App's to redeliver
+    url = f"{gh.api_url}/app/hook/deliveries/{ping.id}/attempts"
+    assert requests.post(url, headers=headers, timeout=5).status_code == 404
+    app_hook = gh.world.add_hook(receiver.url, "s")
+    gh.flush()
+    listed = requests.get(f"{gh.api_url}/app/hook/deliveries", headers=headers, timeout=5).json()
+    assert [d["event"] for d in listed] == ["ping"] and app_hook.id not in gh.world.hook_orgs
+    url = f"{gh.api_url}/app/hook/deliveries/{listed[0]['id']}/attempts"
+    assert requests.post(url, headers=headers, timeout=5).status_code == 202
+    # An installation token is not the App: the App endpoints refuse it.
+    refused = _get(gh, "/app/hook/deliveries", token)
+    assert refused.status_code == 403
+
+
+def test_queued_runs_and_their_jobs_are_listed(gh: GitHubEmulator) -> None:
+    token = _token(gh)
+    gh.world.add_repository("acme/empty")
+    one = gh.world.queue_job("acme", "acme/site", ["self-hosted"], "alice", run_id=77)
+    two = gh.world.queue_job("acme", "acme/site", ["self-hosted", "gpu"], "alice", run_id=77)
+    gh.world.queue_job("acme", "acme/docs", ["self-hosted"], "bob", run_id=78)
+    runs = _get(gh, "/repos/acme/site/actions/runs?status=queued", token).json()
+    assert [
+        (r["id"], r["status"], r["triggering_actor"]["login"]) for r in runs["workflow_runs"]
+    ] == [(77, "queued", "alice")]
+    jobs = _get(gh, "/repos/acme/site/actions/runs/77/jobs?filter=latest", token).json()["jobs"]
+    assert [(j["id"], j["status"], j["labels"]) for j in jobs] == [
+        (one.id, "queued", ["self-hosted"]),
+        (two.id, "queued", ["self-hosted", "gpu"]),
+    ]
+    gh.world.complete_job(one.id, "success")  # one job ended, one still queued
+    assert _get(gh, "/repos/acme/site/actions/runs?status=queued", token).json()["total_count"] == 0
+    running = _get(gh, "/repos/acme/site/actions/runs?status=in_progress", token).json()
+    assert [r["id"] for r in running["workflow_runs"]] == [77]
+    assert _get(gh, "/repos/acme/site/actions/runs/78/jobs", token).status_code == 404
+    assert _get(gh, "/repos/acme/site/actions/runs?status=waiting", token).status_code == 422
+    repos = _get(gh, "/installation/repositories?per_page=2", token)
+    assert [r["full_name"] for r in repos.json()["repositories"]] == ["acme/docs", "acme/empty"]
+    assert repos.json()["total_count"] == 3 and 'rel="next"' in repos.headers["Link"]
