@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | sha256s
 STACK ?= dev
 
 .PHONY: setup plan check lint typecheck contracts test schema docs clean k8s-bins localenv-deps \
-	bench bench-ingest bench-verifier bench-oidc bench-provision
+	bench bench-ingest bench-verifier bench-oidc bench-provision bench-faults bench-twin
 
 $(STAMP): pyproject.toml constraints.txt
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python >= 3.11 is required")'
@@ -53,6 +53,14 @@ test: $(STAMP) localenv-deps k8s-bins
 # rule above stays as it is.
 test: image-base actionlint
 
+# The Helm chart tests (tests/integration/test_helm_charts.py) render the real charts.
+test: helm
+
+.PHONY: helm
+
+helm: $(STAMP) ## helm v3 and the pinned Cilium, Karpenter, NVIDIA charts from Go modules (cached)
+	@$(PY) -m localenv.helm prepare >/dev/null
+
 .PHONY: image-deps image-base image dist actionlint
 
 image-deps: ## Debian packages the image test uses (podman, buildah, runc, debootstrap)
@@ -84,7 +92,12 @@ actionlint: ## actionlint from its Go module (cached) and Debian shellcheck for 
 
 check: lint typecheck contracts test ## Everything CI runs: lint, types, layers, tests
 
-bench: bench-ingest bench-verifier bench-oidc bench-provision ## All benchmarks; figures in bench/results/*.json
+.PHONY: local
+
+local: $(STAMP) localenv-deps k8s-bins ## The whole platform on this machine replaying a workload (docs/local.md); ARGS=--keep, --fault=…, --workload=FILE
+	$(PY) -m localenv.local $(ARGS)
+
+bench: bench-ingest bench-verifier bench-oidc bench-provision bench-faults bench-twin ## All benchmarks; figures in bench/results/*.json
 
 bench-ingest: $(STAMP) localenv-deps ## Durable deliveries/s on one core, p50/p99 at 2,000/s
 	$(PY) bench/ingest.py
@@ -97,6 +110,12 @@ bench-oidc: $(STAMP) ## GitHub OIDC validations/s with a warm JWKS cache, one co
 
 bench-provision: $(STAMP) localenv-deps k8s-bins ## Pod Provisioner on a real API server: burst, steady, clean-up, memory (~10 min)
 	$(PY) bench/provision.py
+
+bench-faults: $(STAMP) localenv-deps k8s-bins ## Recovery: Lease failover, Redis restart, dropped webhooks, fair-share convergence
+	$(PY) bench/faults.py
+
+bench-twin: $(STAMP) localenv-deps k8s-bins ## make local's scenarios compared: warm pool on/off, 1,000 jobs in 60 s (~20 min)
+	$(PY) bench/twin.py
 
 schema: $(STAMP) ## Regenerate the JSON Schema of the stack config
 	$(PY) -m controller.schema json > docs/schema/platform-spec.schema.json

@@ -39,6 +39,24 @@ work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 
 log() { echo "build-k8s: $* ($(( $(date +%s) - started ))s)" >&2; }
+# Progress on stderr (stdout carries only the cache path): which step of how many, and
+# every 30 s while a long download or build is still going.
+STEPS=8
+step=0
+current=""
+step() { step=$((step + 1)); current="$*"; log "[$step/$STEPS] $current"; }
+busy() {  # busy CMD...: run CMD in the background, saying now and then that it still runs
+  "$@" &
+  local pid=$! waited=0
+  while kill -0 "$pid" 2>/dev/null; do
+    sleep 1
+    waited=$((waited + 1))
+    if (( waited % 30 == 0 )) && kill -0 "$pid" 2>/dev/null; then
+      log "[$step/$STEPS] $current: still going"
+    fi
+  done
+  wait "$pid"
+}
 module_field() {  # module_field MODULE@VERSION FIELD: a field of `go mod download -json`
   go mod download -json "$1" | python3 -c '
 import json, sys
@@ -55,13 +73,14 @@ wrapper() {  # a throwaway module to build another module's commands from
   go mod init "localenv.invalid/$1" >/dev/null 2>&1
 }
 
-log "etcd $ETCD_VERSION"
+echo "build-k8s: building the local control plane once into $DEST (10-20 min cold on 2 cores)" >&2
+step "etcd $ETCD_VERSION: download and build"
 wrapper etcd
-go get "go.etcd.io/etcd/server/v3@$ETCD_VERSION" >/dev/null 2>&1
-go build -trimpath -ldflags "-s -w" -o "$partial/bin/etcd" go.etcd.io/etcd/server/v3
+busy go get "go.etcd.io/etcd/server/v3@$ETCD_VERSION" >/dev/null 2>&1
+busy go build -trimpath -ldflags "-s -w" -o "$partial/bin/etcd" go.etcd.io/etcd/server/v3
 
-log "kwok $KWOK_VERSION"
-GOBIN="$work/kwok-bin" go install -trimpath -ldflags "-s -w" "sigs.k8s.io/kwok/cmd/kwok@$KWOK_VERSION"
+step "kwok $KWOK_VERSION: download and build"
+GOBIN="$work/kwok-bin" busy go install -trimpath -ldflags "-s -w" "sigs.k8s.io/kwok/cmd/kwok@$KWOK_VERSION"
 mv "$work/kwok-bin/kwok" "$partial/bin/kwok"
 kwok_dir=$(module_dir "sigs.k8s.io/kwok@$KWOK_VERSION")
 # KWOK's "fast" stage set (no artificial delays); the "general" pod stages need a
@@ -71,18 +90,19 @@ for stage in node/fast/node-initialize node/heartbeat/node-heartbeat pod/fast/po
   cp "$kwok_dir/kustomize/stage/$stage.yaml" "$partial/kwok-stages/$(basename "$stage").yaml"
 done
 
-log "karpenter kwok provider $KARPENTER_VERSION"
-GOBIN="$work/karpenter-bin" go install -trimpath -ldflags "-s -w" "sigs.k8s.io/karpenter/kwok@$KARPENTER_VERSION"
+step "karpenter-kwok (Karpenter's KWOK provider) $KARPENTER_VERSION: download and build"
+GOBIN="$work/karpenter-bin" busy go install -trimpath -ldflags "-s -w" "sigs.k8s.io/karpenter/kwok@$KARPENTER_VERSION"
 mv "$work/karpenter-bin/kwok" "$partial/bin/karpenter-kwok"
 karpenter_dir=$(module_dir "sigs.k8s.io/karpenter@$KARPENTER_VERSION")
 cp "$karpenter_dir"/pkg/apis/crds/*.yaml "$partial/crds/"
 cp "$karpenter_dir"/kwok/apis/crds/*.yaml "$partial/crds/"
 # Only this module's CRD file is used (nothing of it is compiled), but its go.mod asks for
 # a newer Go than the machine's, so the proxy's approved go1.27.3 toolchain downloads it.
+step "EC2NodeClass CRD (karpenter-provider-aws $AWS_PROVIDER_VERSION): download"
 aws_dir=$(GOTOOLCHAIN=go1.27.3 module_dir "github.com/aws/karpenter-provider-aws@$AWS_PROVIDER_VERSION")
 cp "$aws_dir/pkg/apis/crds/karpenter.k8s.aws_ec2nodeclasses.yaml" "$partial/crds/"
 
-log "kubernetes $K8S_VERSION (the long one: 10-20 min cold on 2 cores)"
+step "kubernetes $K8S_VERSION: download the modules"
 wrapper kubernetes
 # k8s.io/kubernetes requires its staging modules at v0.0.0 with local replaces; point
 # each at its published v0.X.Y (REFERENCE.md, "Building the real control plane").
@@ -94,14 +114,20 @@ done
 go mod edit -require="k8s.io/kubernetes@$K8S_VERSION"
 commands=(k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-scheduler
           k8s.io/kubernetes/cmd/kube-controller-manager)
-go get "${commands[@]/%/@$K8S_VERSION}" >/dev/null 2>&1
+busy go get "${commands[@]/%/@$K8S_VERSION}" >/dev/null 2>&1
 minor="${K8S_VERSION#v1.}"; minor="${minor%%.*}"
 ldflags="-s -w"
 for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
   ldflags+=" -X $pkg.gitVersion=$K8S_VERSION -X $pkg.gitMajor=1 -X $pkg.gitMinor=$minor"
   ldflags+=" -X $pkg.gitTreeState=clean -X $pkg.buildDate=1970-01-01T00:00:00Z"
 done
-go build -trimpath -ldflags "$ldflags" -o "$partial/bin/" "${commands[@]}"
+# One command at a time, so the progress names each; the build cache shares the rest.
+note=" (the longest step: it compiles what all three share)"
+for command in "${commands[@]}"; do
+  step "$(basename "$command") $K8S_VERSION: build$note"
+  note=""
+  busy go build -trimpath -ldflags "$ldflags" -o "$partial/bin/$(basename "$command")" "$command"
+done
 
 "$partial/bin/kube-apiserver" --version >&2
 "$partial/bin/etcd" --version | head -n 1 >&2
