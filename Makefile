@@ -114,7 +114,7 @@ bench-provision: $(STAMP) localenv-deps k8s-bins ## Pod Provisioner on a real AP
 bench-faults: $(STAMP) localenv-deps k8s-bins ## Recovery: Lease failover, Redis restart, dropped webhooks, fair-share convergence
 	$(PY) bench/faults.py
 
-bench-twin: $(STAMP) localenv-deps k8s-bins ## make local's scenarios compared: warm pool on/off, 1,000 jobs in 60 s (~20 min)
+bench-twin: $(STAMP) localenv-deps k8s-bins ## make local's scenarios compared: warm pool on/off, 1,000 jobs in 60 s (~8 min)
 	$(PY) bench/twin.py
 
 schema: $(STAMP) ## Regenerate the JSON Schema of the stack config
