@@ -3,9 +3,9 @@
 * **Lease failover**: two ``provision`` replicas share the scale sets; the one holding
   web's is SIGKILLed; seconds until the other holds them, and until a job queued for web
   right after the kill has its runner pod.
-* **Redis restart**: Redis is stopped and started again (no persistence: the worst
-  case, the consumer groups are gone too) under a running provisioner; seconds from
-  Redis answering again to a pod for a job queued then.
+* **Redis restart**: Redis (AOF, as the fault tests run it) is stopped and started
+  again under a running provisioner; seconds from Redis answering again to a pod for a
+  job queued then.
 * **Reconciler** (``bench/reconcile.py``): seconds from a job whose webhook was dropped
   to its runner.
 * **Fair share** (``bench/fair_share.py``): seconds until two teams bursting into one
@@ -144,6 +144,11 @@ def redis_restart(runs: int) -> dict[str, Any]:
     env = Env.start(spec_document())
     recoveries: list[float] = []
     try:
+        # As the fault tests and a replicated ElastiCache: the data survives the restart
+        # (AOF, appendfsync everysec, a clean stop writes it out).
+        env.redis.stop_process()
+        env.redis.appendonly = True
+        env.redis.start()
         env.start_provisioner(**SETTINGS)
         env.wait_provisioner_synced()
         for job in range(1, runs + 1):
@@ -163,7 +168,7 @@ def redis_restart(runs: int) -> dict[str, Any]:
         env.stop()
     return {
         "runs": runs,
-        "redis": "no persistence (groups and demand lost: the worst case)",
+        "redis": "AOF (appendfsync everysec), stopped with SIGTERM, started 3 s later",
         "seconds_from_redis_back_to_pod": _spread(recoveries),
     }
 

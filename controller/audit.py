@@ -79,8 +79,11 @@ class AuditLog:
         try:
             if self.backlog:
                 await self._flush_backlog()
-            await self.redis.xadd(
-                AUDIT_STREAM, {"r": text}, maxlen=self.max_records, approximate=True
+            await asyncio.wait_for(
+                self.redis.xadd(
+                    AUDIT_STREAM, {"r": text}, maxlen=self.max_records, approximate=True
+                ),
+                timeout=5,
             )
         except Exception as error:  # Redis away, or anything else: never the caller's
             what = type(error).__name__
@@ -104,7 +107,7 @@ class AuditLog:
                             pipe.xadd(
                                 AUDIT_STREAM, {"r": text}, maxlen=self.max_records, approximate=True
                             )
-                        await pipe.execute()
+                        await asyncio.wait_for(pipe.execute(), timeout=10)
                 except BaseException:
                     self.backlog.extendleft(reversed(batch))
                     raise

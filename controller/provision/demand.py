@@ -21,10 +21,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Awaitable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
 
@@ -36,6 +36,10 @@ GROUP = "provisioner"
 STARTED_KEEP_SECONDS = 2 * 24 * 3600
 # GitHub fails a job that waited 24 hours for a runner; demand older than that is stale.
 PENDING_MAX_AGE_SECONDS = 24 * 3600
+# How long past its own block a Redis call may take before it is abandoned (and its
+# connection with it).
+READ_GRACE_SECONDS = 5.0
+T = TypeVar("T")
 
 _APPLY_READY = """
 if redis.call('ZSCORE', KEYS[2], ARGV[1]) == false then
@@ -122,7 +126,7 @@ class DemandStore:
     async def ensure_groups(self) -> None:
         for stream in self._streams:
             try:
-                await self.redis.xgroup_create(stream, GROUP, id="0", mkstream=True)
+                await _bounded(self.redis.xgroup_create(stream, GROUP, id="0", mkstream=True))
             except aioredis.ResponseError as error:
                 if "BUSYGROUP" not in str(error):
                     raise
@@ -142,12 +146,18 @@ class DemandStore:
         applied: list[Applied] = []
         for start in ("0", ">"):
             try:
-                reply: Any = await self.redis.xreadgroup(
-                    GROUP,
-                    self.consumer,
-                    dict.fromkeys(streams, start),
-                    count=count,
-                    block=None if start == "0" else block_ms,
+                # Bounded on our side too: a read on a connection the server dropped in a
+                # restart was seen to wait past the client's socket timeout (redis-py
+                # 8.1); cancelling it closes that connection and the next gets a new one.
+                reply: Any = await asyncio.wait_for(
+                    self.redis.xreadgroup(
+                        GROUP,
+                        self.consumer,
+                        dict.fromkeys(streams, start),
+                        count=count,
+                        block=None if start == "0" else block_ms,
+                    ),
+                    timeout=block_ms / 1000 + READ_GRACE_SECONDS,
                 )
             except aioredis.ResponseError as error:
                 if "NOGROUP" not in str(error):
@@ -168,8 +178,11 @@ class DemandStore:
         """Entries another consumer read and never applied (it died): take them over."""
         applied: list[Applied] = []
         for stream in self._streams_of(only):
-            claimed: Any = await self.redis.xautoclaim(
-                stream, GROUP, self.consumer, min_idle_time=min_idle_ms, count=1000
+            claimed: Any = await asyncio.wait_for(
+                self.redis.xautoclaim(
+                    stream, GROUP, self.consumer, min_idle_time=min_idle_ms, count=1000
+                ),
+                timeout=READ_GRACE_SECONDS,
             )
             applied += await self._apply_all(stream, claimed[1])
         return applied
@@ -190,7 +203,7 @@ class DemandStore:
             if skip:
                 pipe.xack(stream, GROUP, *skip)
                 pipe.xdel(stream, *skip)
-            results = await pipe.execute()
+            results = await _bounded(pipe.execute())
         return [
             Applied(a.scale_set, a.action, a.job, bool(result))
             for a, result in zip(applied, results, strict=False)
@@ -244,7 +257,7 @@ class DemandStore:
             for name in scale_sets:
                 pipe.zcard(pending_key(name))
                 pipe.hgetall(busy_key(name))
-            replies = await pipe.execute()
+            replies = await asyncio.wait_for(pipe.execute(), timeout=READ_GRACE_SECONDS)
         result = {}
         for index, name in enumerate(scale_sets):
             busy = {_text(k): _text(v) for k, v in replies[2 * index + 1].items()}
@@ -257,21 +270,29 @@ class DemandStore:
         if count <= 0:
             return []
         try:
-            reply: Any = await self.redis.zrange(
-                pending_key(scale_set), start, start + count - 1, withscores=True
+            reply: Any = await _bounded(
+                self.redis.zrange(pending_key(scale_set), start, start + count - 1, withscores=True)
             )
-        except aioredis.RedisError as error:
-            log.warning("reading when %s's jobs were queued failed: %s", scale_set, error)
+        except (aioredis.RedisError, TimeoutError) as error:
+            log.warning("reading when %s's jobs were queued failed: %r", scale_set, error)
             return []
         return [float(score) for _, score in reply]
 
+    async def reconnect(self) -> None:
+        """Drop every pooled connection (after Redis went away): the next call opens new
+        ones instead of reusing one the restart left half-open."""
+        try:
+            await self.redis.connection_pool.disconnect(inuse_connections=True)
+        except Exception as error:  # closing a dead connection may fail too: never fatal
+            log.debug("closing Redis connections: %r", error)
+
     async def mark_busy(self, scale_set: str, runner_name: str, job_id: str) -> None:
         """GitHub says the runner is busy (read back after a lost event or a restart)."""
-        await self.redis.hsetnx(busy_key(scale_set), runner_name, job_id)
+        await _bounded(self.redis.hsetnx(busy_key(scale_set), runner_name, job_id))
 
     async def forget_busy(self, scale_set: str, runner_name: str) -> None:
         """The runner's pod is gone: it is busy no more (if ``completed`` was lost)."""
-        await self.redis.hdel(busy_key(scale_set), runner_name)
+        await _bounded(self.redis.hdel(busy_key(scale_set), runner_name))
 
     async def expire_stale(self, now: float | None = None) -> int:
         """Drop demand older than GitHub lets a job wait; returns how many were dropped."""
@@ -279,8 +300,15 @@ class DemandStore:
         async with self.redis.pipeline(transaction=False) as pipe:
             for name in self.scale_sets:
                 pipe.zremrangebyscore(pending_key(name), "-inf", cutoff)
-            dropped = await pipe.execute()
+            dropped = await _bounded(pipe.execute())
         return sum(int(n) for n in dropped)
+
+
+async def _bounded(call: Awaitable[T], seconds: float = READ_GRACE_SECONDS) -> T:
+    """A Redis call that gives up after ``seconds`` (and closes its connection): after a
+    Redis restart, a call on a pooled connection was seen to wait past the client's socket
+    timeout for ever (redis-py 8.1), which stalled a scale set's passes."""
+    return await asyncio.wait_for(call, timeout=seconds)
 
 
 def _text(value: Any) -> str:

@@ -48,6 +48,9 @@ from controller.provision.pod import (
 from controller.quantity import parse_quantity
 
 log = logging.getLogger(__name__)
+# A loop this long without coming round is stalled (its calls are bounded far below).
+STALLED_AFTER_SECONDS = 120.0
+PASS_STALLED_AFTER_SECONDS = 3600.0
 
 
 @dataclass(frozen=True)
@@ -104,6 +107,8 @@ class Provisioner:
         self.surplus_since: dict[str, float] = {}  # scale set -> when its surplus began
         self.wanted: dict[str, int] = {}  # scale set -> its last pass's desired (fair share)
         self._dirty: set[str] = set()
+        self._consumed_at = time.monotonic()  # the demand consumer's last round (watchdog)
+        self._pass_began: dict[str, float] = {}  # scale set -> when its running pass began
         self._wake = asyncio.Event()
         self._passes: dict[str, asyncio.Task[None]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -131,8 +136,25 @@ class Provisioner:
             *(self._watch(namespace) for namespace in self.namespaces),
             self._consume_demand(),
             self._reconcile_loop(),
+            self._watchdog(),
         ]
         await asyncio.gather(*loops)
+
+    async def _watchdog(self, stalled_after: float = STALLED_AFTER_SECONDS) -> None:
+        """A stalled loop is a dead one: if the demand consumer has not come round for
+        ``stalled_after`` seconds (it bounds its own calls far below that), or a scale set's
+        pass has not ended in an hour, end the process — its peers, or the restarted
+        container, take over. A Redis read that never returned after a restart was seen."""
+        while True:
+            await asyncio.sleep(stalled_after / 4)
+            now = time.monotonic()
+            if now - self._consumed_at > stalled_after:
+                raise RuntimeError(f"the demand consumer stalled for {stalled_after:.0f}s")
+            for name, began in list(self._pass_began.items()):
+                # A pass may retire many runners at GitHub's pace (150 a minute under the
+                # secondary limit): only one that outlasts any such work is stalled.
+                if now - began > PASS_STALLED_AFTER_SECONDS:
+                    raise RuntimeError(f"the pass of {name} stalled")
 
     async def stop(self, drain_seconds: float = 20.0) -> None:
         """Create no more runners; wait (bounded) for creations under way to finish, so
@@ -167,6 +189,7 @@ class Provisioner:
         last_claim = 0.0
         failures = 0
         while True:
+            self._consumed_at = time.monotonic()
             held = self.held()
             try:
                 applied = await self.demand_store.consume(block_ms=1000, only=held)
@@ -182,7 +205,9 @@ class Provisioner:
                 # demand is in Redis, so nothing is acted on from a stale picture meanwhile.
                 failures += 1
                 delay = min(5.0, 0.2 * 2**failures)
-                log.warning("reading demand from Redis failed (%s); retry in %.1fs", error, delay)
+                log.warning("reading demand from Redis failed (%r); retry in %.1fs", error, delay)
+                # Every pooled connection may be one the restart left half-open: start over.
+                await self.demand_store.reconnect()
                 await asyncio.sleep(delay)
                 continue
             for item in applied:
@@ -221,11 +246,14 @@ class Provisioner:
     async def _pass_safely(self, name: str) -> None:
         if not self.may_act(name):
             return  # another replica's scale set
+        self._pass_began[name] = time.monotonic()
         try:
             demand = (await self.demand_store.demand([name]))[name]
             await self.reconcile(self.scale_sets[name], demand)
         except Exception:
             log.exception("reconciling scale set %s failed", name)
+        finally:
+            self._pass_began.pop(name, None)
 
     # -- one pass --
 

@@ -10,6 +10,7 @@ Lifecycle events (``in_progress``, ``completed``) pass through to ``rp:events:<s
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
@@ -63,12 +64,24 @@ class Listener:
     async def process_once(self, count: int = 50, block_ms: int | None = None) -> int:
         """Handle held entries due for retry, then new ones; returns how many were handled."""
         try:
-            claimed: Any = await self.redis.xautoclaim(
-                self.stream, GROUP, self.consumer, min_idle_time=self.retry_after_ms, count=count
+            # Bounded on our side too (see controller/provision/demand.py): a read on a
+            # connection a Redis restart dropped must not wait for ever.
+            claimed: Any = await asyncio.wait_for(
+                self.redis.xautoclaim(
+                    self.stream,
+                    GROUP,
+                    self.consumer,
+                    min_idle_time=self.retry_after_ms,
+                    count=count,
+                ),
+                timeout=5,
             )
             reclaimed = claimed[1]
-            fresh: Any = await self.redis.xreadgroup(
-                GROUP, self.consumer, {self.stream: ">"}, count=count, block=block_ms
+            fresh: Any = await asyncio.wait_for(
+                self.redis.xreadgroup(
+                    GROUP, self.consumer, {self.stream: ">"}, count=count, block=block_ms
+                ),
+                timeout=(block_ms or 0) / 1000 + 5,
             )
         except aioredis.ResponseError as error:
             if "NOGROUP" not in str(error):

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import time
 from typing import Any
 
+import pytest
 import redis.asyncio as aioredis
 
 from controller.audit import AuditLog
@@ -193,3 +195,31 @@ def test_a_peer_replicas_scale_set_on_the_pool_counts_with_its_demand(
     assert provisioner.wanted["infra-warm"] == 120
     # ... knowing it, the 40 go 27/13: web to 67, infra to 33.
     assert provisioner._pool_room(web) == 27
+
+
+def test_a_stalled_demand_consumer_ends_the_process(dev_spec: PlatformSpec) -> None:
+    # A Redis read that never returned after a restart was seen: the watchdog turns a loop
+    # that stopped coming round into an error that ends the process (its peers take over).
+    provisioner = _provisioner(dev_spec)
+
+    async def stalled() -> None:
+        provisioner._consumed_at = time.monotonic() - 10  # last round 10 s ago
+        await asyncio.wait_for(provisioner._watchdog(stalled_after=1.0), timeout=30)
+
+    with pytest.raises(RuntimeError, match="demand consumer stalled"):
+        asyncio.run(stalled())
+
+    async def healthy() -> None:
+        async def consumer() -> None:
+            while True:
+                provisioner._consumed_at = time.monotonic()
+                await asyncio.sleep(0.05)
+
+        ticking = asyncio.ensure_future(consumer())
+        try:
+            await asyncio.wait_for(provisioner._watchdog(stalled_after=0.5), timeout=1.5)
+        finally:
+            ticking.cancel()
+
+    with pytest.raises(TimeoutError):  # still watching: nothing stalled
+        asyncio.run(healthy())
