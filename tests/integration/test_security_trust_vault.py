@@ -53,9 +53,11 @@ def test_a_recreated_org_or_a_hosted_runner_gets_no_vault_token(
         assert _refused(openbao, mount, "web", oidc.mint(for_aws))
 
 
-def test_a_deploy_role_logs_in_from_main_or_production_only(
+def test_a_deploy_role_logs_in_from_main_and_production_only(
     openbao: OpenBao, github_cloud: GitHubEmulator, github_ghes: GitHubEmulator
 ) -> None:
+    """infra lists both refs and environments: Vault binds both claims (AND), because an
+    either-or ``sub`` glob alone lets a workflow named like an allowed context through."""
     oidc = github_ghes.oidc
     with applied_vault(openbao, github_cloud, github_ghes) as (suffix, _):
         mount = f"jwt-ghes-{suffix}"
@@ -63,12 +65,21 @@ def test_a_deploy_role_logs_in_from_main_or_production_only(
         def token(**claims: Any) -> str:
             return oidc.mint(oidc.claims("platform/deploy", audience=AUDIENCE, **claims))
 
-        assert not _refused(openbao, mount, "infra", token(ref="refs/heads/main"))
+        deploy = token(ref="refs/heads/main", environment="production")
+        assert not _refused(openbao, mount, "infra", deploy)
+        assert _refused(openbao, mount, "infra", token(ref="refs/heads/main"))
         production = token(ref="refs/heads/feature", environment="production")
-        assert not _refused(openbao, mount, "infra", production)
+        assert _refused(openbao, mount, "infra", production)
         assert _refused(openbao, mount, "infra", token(ref="refs/heads/feature"))
         assert _refused(openbao, mount, "infra", token(event_name="pull_request"))
         assert _refused(openbao, mount, "infra", token(environment="staging"))
+        # The review's attack: a feature branch, a workflow named like main's context.
+        crafted = {
+            **oidc.claims("platform/deploy", audience=AUDIENCE, ref="refs/heads/feature"),
+            "sub": "repo:platform/deploy:ref:refs/heads/feature"
+            ":workflow:deploy:ref:refs/heads/main",
+        }
+        assert _refused(openbao, mount, "infra", oidc.mint(crafted))
 
 
 def test_with_refs_only_a_workflow_name_cannot_pose_as_the_ref(
