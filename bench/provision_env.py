@@ -31,9 +31,14 @@ sys.path.insert(0, str(ROOT))
 
 from components.controller_manifests import namespaces  # noqa: E402
 from components.node_pools import runner_priority_class  # noqa: E402
-from controller.model import PlatformSpec, RuntimeFacts, load_spec  # noqa: E402
+from controller.model import PlatformSpec, load_spec  # noqa: E402
 from controller.provision.kube import Conflict, KubeApi, KubeConfig  # noqa: E402
 from controller.streams import encode_entry  # noqa: E402
+from localenv.controller_files import (  # noqa: E402
+    install_apps,
+    prepare_teams,
+    write_controller_files,
+)
 from localenv.github import GitHubEmulator  # noqa: E402
 from localenv.kube import ControlPlane, k8s_bins  # noqa: E402
 from localenv.kube_objects import pool_node  # noqa: E402
@@ -183,35 +188,10 @@ class Env:
 
     def _prepare(self, nodes: dict[str, int]) -> None:
         asyncio.run(self._cluster_objects(nodes))
-        secrets = self.workdir / "secrets"
-        for instance in self.spec.github_instances:
-            emulator = self.emulators[instance.name]
-            app = instance.apps[0]
-            key = emulator.add_app(app.app_id)
-            for org, installation in app.installations.items():
-                emulator.add_installation(app.app_id, org, installation_id=installation)
-            for ref, value in ((app.private_key, key.encode()), (instance.webhook_secret, b"x")):
-                (secrets / ref.name).mkdir(parents=True, exist_ok=True)
-                (secrets / ref.name / ref.key).write_bytes(value)
-        for team in self.spec.teams:
-            world = self.emulators[team.instance].world
-            world.add_org(team.org)
-            if not any(g.name == team.runner_group for g in world.org_groups(team.org)):
-                # Open only to the team's repositories: the provisioner starts no runner
-                # in a group that other repositories' jobs could use.
-                world.add_runner_group(
-                    team.org,
-                    team.runner_group,
-                    visibility="selected",
-                    repositories=TEAM_REPOSITORIES[team.name],
-                )
-        (self.workdir / "spec.json").write_text(self.spec.model_dump_json())
-        facts = RuntimeFacts(
-            team_role_arns=ROLE_ARNS,
-            vault_mounts={i.name: f"jwt-{i.name}" for i in self.spec.github_instances},
-            redis_endpoint="127.0.0.1",
-        )
-        (self.workdir / "runtime.json").write_text(facts.model_dump_json())
+        keys = install_apps(self.spec, self.emulators)
+        hooks = {i.name: b"x" for i in self.spec.github_instances}  # no webhooks here
+        prepare_teams(self.spec, self.emulators, TEAM_REPOSITORIES, {})
+        write_controller_files(self.workdir, self.spec, keys, hooks, ROLE_ARNS)
 
     async def _cluster_objects(self, nodes: dict[str, int]) -> None:
         kube = self.kube(qps=500)

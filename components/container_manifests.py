@@ -72,14 +72,6 @@ HOOK_RULES: list[dict[str, list[str]]] = [
 ]
 
 
-def tolerations(pool: Pool) -> list[dict[str, str]]:
-    """Exactly the pool's taints, as runner pods tolerate them (node_pools.tolerations)."""
-    return [
-        {"key": t.key, "operator": "Equal", "value": t.value, "effect": t.effect}
-        for t in pool.node_taints()
-    ]
-
-
 def hook_pools(spec: PlatformSpec, team: Team) -> list[Pool]:
     """The team's pools whose runners start job pods through the container hooks."""
     return [spec.pool(name) for name in team.pools if team.mode_on(name) in HOOK_MODES]
@@ -187,7 +179,7 @@ def job_pod_template(team: Team, pool: Pool) -> dict[str, Any]:
             "priorityClassName": RUNNER_PRIORITY_CLASS,
             "activeDeadlineSeconds": team.job_timeout_minutes * 60,
             "nodeSelector": {POOL_LABEL: pool.name},
-            "tolerations": tolerations(pool),
+            "tolerations": pool.tolerations(),
             "securityContext": {
                 "runAsNonRoot": True,
                 "runAsUser": RUNNER_UID,

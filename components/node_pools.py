@@ -119,13 +119,6 @@ def max_pods(spec: PlatformSpec, pool: Pool) -> int:
     return runner_pods + len(daemonset_pods(spec, pool))
 
 
-def tolerations(pool: Pool) -> list[dict[str, str]]:
-    return [
-        {"key": t.key, "operator": "Equal", "value": t.value, "effect": t.effect}
-        for t in pool.node_taints()
-    ]
-
-
 def _requirements(pool: Pool) -> list[dict[str, Any]]:
     reqs: list[dict[str, Any]] = [
         {"key": "kubernetes.io/arch", "operator": "In", "values": [pool.arch]},
@@ -367,7 +360,7 @@ def placeholder_deployment(spec: PlatformSpec, pool: Pool) -> Manifest:
                     "terminationGracePeriodSeconds": 0,
                     "automountServiceAccountToken": False,
                     "nodeSelector": {POOL_LABEL: pool.name},
-                    "tolerations": tolerations(pool),
+                    "tolerations": pool.tolerations(),
                     # One placeholder per node: that is what keeps N nodes warm.
                     "affinity": {
                         "podAntiAffinity": {
@@ -429,7 +422,7 @@ def prepull_daemonset(spec: PlatformSpec, pool: Pool) -> Manifest:
                 "spec": {
                     "automountServiceAccountToken": False,
                     "nodeSelector": {POOL_LABEL: pool.name},
-                    "tolerations": tolerations(pool),
+                    "tolerations": pool.tolerations(),
                     "initContainers": [
                         {
                             "name": f"pull-{index}",
@@ -482,7 +475,7 @@ def nvidia_plugin_values(spec: PlatformSpec) -> dict[str, Any]:
     gpu_pools = [pool for pool in spec.pools if pool.profile == "gpu"]
     seen: dict[tuple[str, str, str], dict[str, str]] = {}
     for pool in gpu_pools:
-        for tol in tolerations(pool):
+        for tol in pool.tolerations():
             seen[(tol["key"], tol["value"], tol["effect"])] = tol
     return {
         "affinity": nvidia_plugin_affinity(spec),
@@ -572,30 +565,24 @@ class IsolatedIdentity(pulumi.ComponentResource):
             description="the pool's own nodes",
             opts=child,
         )
-        for protocol, low, high, why in INTO_ISOLATED_FROM_CLUSTER:
-            aws.ec2.SecurityGroupRule(
-                f"{name}-from-cluster-{_rule_suffix(protocol, low)}",
-                type="ingress",
-                security_group_id=group.id,
-                source_security_group_id=cluster.cluster_security_group_id,
-                protocol=protocol,
-                from_port=low,
-                to_port=high,
-                description=why,
-                opts=child,
-            )
-        for protocol, low, high, why in INTO_CLUSTER_FROM_ISOLATED:
-            aws.ec2.SecurityGroupRule(
-                f"{name}-to-cluster-{_rule_suffix(protocol, low)}",
-                type="ingress",
-                security_group_id=cluster.cluster_security_group_id,
-                source_security_group_id=group.id,
-                protocol=protocol,
-                from_port=low,
-                to_port=high,
-                description=f"{why}, from isolated pool {pool.name}",
-                opts=child,
-            )
+        cluster_group = cluster.cluster_security_group_id
+        directions = (
+            ("from-cluster", INTO_ISOLATED_FROM_CLUSTER, group.id, cluster_group, ""),
+            ("to-cluster", INTO_CLUSTER_FROM_ISOLATED, cluster_group, group.id, pool.name),
+        )
+        for direction, rules, into, source, isolated in directions:
+            for protocol, low, high, why in rules:
+                aws.ec2.SecurityGroupRule(
+                    f"{name}-{direction}-{_rule_suffix(protocol, low)}",
+                    type="ingress",
+                    security_group_id=into,
+                    source_security_group_id=source,
+                    protocol=protocol,
+                    from_port=low,
+                    to_port=high,
+                    description=f"{why}, from isolated pool {isolated}" if isolated else why,
+                    opts=child,
+                )
         self.role_name = role.name
         self.security_group_id = group.id
         self.register_outputs({"role": self.role_name, "security_group": self.security_group_id})

@@ -182,39 +182,59 @@ class ControlPlane:
         apiserver.wait_until(lambda: _url_ok(f"{self.server}/readyz", context), timeout, "ready")
 
     def _write_kubeconfig(self) -> Path:
-        path = self.workdir / "kubeconfig"
-        path.write_text(
-            yaml.safe_dump(
-                {
-                    "apiVersion": "v1",
-                    "kind": "Config",
-                    "clusters": [
-                        {
-                            "name": "local",
-                            "cluster": {
-                                "server": self.server,
-                                "certificate-authority": str(self.certs.ca_cert),
-                            },
-                        }
-                    ],
-                    "users": [
-                        {
-                            "name": "admin",
-                            "user": {
-                                "client-certificate": str(self.certs.admin_cert),
-                                "client-key": str(self.certs.admin_key),
-                            },
-                        }
-                    ],
-                    "contexts": [
-                        {"name": "local", "context": {"cluster": "local", "user": "admin"}}
-                    ],
-                    "current-context": "local",
-                }
-            )
-        )
+        user = {
+            "client-certificate": str(self.certs.admin_cert),
+            "client-key": str(self.certs.admin_key),
+        }
+        return self.write_kubeconfig(self.workdir / "kubeconfig", "admin", user)
+
+    def write_kubeconfig(
+        self, path: Path, user_name: str, user: dict[str, str], *, server: str | None = None
+    ) -> Path:
+        """A kubeconfig for ``user`` (credentials as kubeconfig spells them) at ``path``,
+        0600; ``server`` replaces the API server (a plain-http one, e.g. a fault proxy,
+        needs no CA)."""
+        address = server or self.server
+        cluster = {"server": address}
+        if not address.startswith("http://"):
+            cluster["certificate-authority"] = str(self.certs.ca_cert)
+        config = {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [{"name": "local", "cluster": cluster}],
+            "users": [{"name": user_name, "user": user}],
+            "contexts": [{"name": "local", "context": {"cluster": "local", "user": user_name}}],
+            "current-context": "local",
+        }
+        path.write_text(yaml.safe_dump(config))
         path.chmod(0o600)
         return path
+
+    def service_account_token(
+        self,
+        namespace: str,
+        name: str,
+        *,
+        seconds: int = 4 * 3600,
+        audiences: list[str] | None = None,
+    ) -> str:
+        """A token of ServiceAccount ``namespace/name`` (a TokenRequest, as the kubelet
+        asks for one): a process or a test acts with exactly that account's RBAC."""
+        from kubernetes import client  # local import: only tests that use the cluster pay
+
+        spec: dict[str, Any] = {"expirationSeconds": seconds}
+        if audiences:
+            spec["audiences"] = audiences
+        core: Any = client.CoreV1Api(self.api_client())
+        reply = core.create_namespaced_service_account_token(name, namespace, {"spec": spec})
+        return str(reply.status.token)
+
+    def service_account_kubeconfig(
+        self, namespace: str, name: str, path: Path, *, server: str | None = None
+    ) -> Path:
+        """A kubeconfig at ``path`` holding a token of ServiceAccount ``namespace/name``."""
+        token = self.service_account_token(namespace, name)
+        return self.write_kubeconfig(path, name, {"token": token}, server=server)
 
     def _launch(
         self,

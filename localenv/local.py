@@ -32,9 +32,10 @@ from typing import Any
 
 import yaml
 
-from controller.model import POOL_LABEL, PlatformSpec, RuntimeFacts, SpecError, load_spec
+from controller.model import POOL_LABEL, PlatformSpec, SpecError, load_spec
 from controller.quantity import parse_quantity
 from localenv import local_report, stack_objects, workload
+from localenv.controller_files import install_apps, prepare_teams, write_controller_files
 from localenv.process import ManagedProcess, free_port, wait_for
 from localenv.workdir import keep_requested, new_workdir, release
 
@@ -218,85 +219,31 @@ class Run:
     def _github(self) -> None:
         """Apps, installations, orgs, teams with the workload's members, and each team's
         runner group open to exactly its repositories."""
-        self.app_keys: dict[str, str] = {}
-        for instance in self.spec.github_instances:
-            emulator = self.emulators[instance.name]
-            app = instance.apps[0]
-            self.app_keys[instance.name] = emulator.add_app(app.app_id)
-            for org, installation in app.installations.items():
-                emulator.add_installation(app.app_id, org, installation_id=installation)
-        for team in self.spec.teams:
-            world = self.emulators[team.instance].world
-            world.add_org(team.org)
-            repositories = sorted(
+        self.app_keys = install_apps(self.spec, self.emulators)
+        repositories = {
+            team.name: sorted(
                 {j.repo for j in self.load.jobs if j.team == team.name}
                 | {r for r in team.repositories if "*" not in r}
             )
-            world.add_runner_group(
-                team.org, team.runner_group, visibility="selected", repositories=tuple(repositories)
-            )
-            for slug in team.github_teams:
-                try:
-                    world.team(team.org, slug)
-                except LookupError:
-                    world.add_team(team.org, slug)
-            for login in self.load.members.get(team.name, ()):
-                world.set_membership(team.org, team.github_teams[0], login)
+            for team in self.spec.teams
+        }
+        prepare_teams(self.spec, self.emulators, repositories, self.load.members)
 
     def _files(self) -> None:
         """The controller's mounted Secrets, spec, runtime facts and kubeconfig."""
-        from kubernetes import client
 
         from components.controller_manifests import CONTROLLER_NAME
 
-        store = self.workdir / "secrets"
-        self.hook_secrets: dict[str, bytes] = {}
-        for instance in self.spec.github_instances:
-            app = instance.apps[0]
-            self.hook_secrets[instance.name] = secrets.token_hex(20).encode()
-            for ref, value in (
-                (app.private_key, self.app_keys[instance.name].encode()),
-                (instance.webhook_secret, self.hook_secrets[instance.name]),
-            ):
-                (store / ref.name).mkdir(parents=True, exist_ok=True)
-                (store / ref.name / ref.key).write_bytes(value)
-                (store / ref.name / ref.key).chmod(0o600)
-        (self.workdir / "spec.json").write_text(self.spec.model_dump_json())
-        facts = RuntimeFacts(
-            team_role_arns={
-                t.name: f"arn:aws:iam::123456789012:role/github-runner-{t.name}-role"
-                for t in self.spec.teams
-            },
-            vault_mounts={i.name: f"jwt-{i.name}" for i in self.spec.github_instances},
-            redis_endpoint="127.0.0.1",
-        )
-        (self.workdir / "runtime.json").write_text(facts.model_dump_json())
-        # The controller runs with its ServiceAccount's token: exactly the stack's RBAC.
-        core: Any = client.CoreV1Api(self.api)
-        token = core.create_namespaced_service_account_token(
-            CONTROLLER_NAME,
-            self.spec.controller.namespace,
-            {"spec": {"expirationSeconds": 24 * 3600}},
-        ).status.token
-        config = {
-            "apiVersion": "v1",
-            "kind": "Config",
-            "clusters": [
-                {
-                    "name": "local",
-                    "cluster": {
-                        "server": self.plane.server,
-                        "certificate-authority": str(self.plane.certs.ca_cert),
-                    },
-                }
-            ],
-            "users": [{"name": "controller", "user": {"token": token}}],
-            "contexts": [{"name": "local", "context": {"cluster": "local", "user": "controller"}}],
-            "current-context": "local",
+        self.hook_secrets = {
+            i.name: secrets.token_hex(20).encode() for i in self.spec.github_instances
         }
-        self.controller_kubeconfig = self.workdir / "controller-kubeconfig"
-        self.controller_kubeconfig.write_text(json.dumps(config))
-        self.controller_kubeconfig.chmod(0o600)
+        write_controller_files(self.workdir, self.spec, self.app_keys, self.hook_secrets)
+        # The controller runs with its ServiceAccount's token: exactly the stack's RBAC.
+        self.controller_kubeconfig = self.plane.service_account_kubeconfig(
+            self.spec.controller.namespace,
+            CONTROLLER_NAME,
+            self.workdir / "controller-kubeconfig",
+        )
 
     def env(self) -> dict[str, str]:
         if not self.metrics_port:
@@ -308,6 +255,8 @@ class Run:
             "RUNNER_PLATFORM_REDIS_URL": self.redis.url,
             "RUNNER_PLATFORM_HOST": "127.0.0.1",
             "RUNNER_PLATFORM_PORT": str(self.port),
+            # The hooks registered below point here: the reconciler redelivers only those.
+            "RUNNER_PLATFORM_PUBLIC_URL": f"http://127.0.0.1:{self.port}",
             "RUNNER_PLATFORM_KUBECONFIG": str(self.controller_kubeconfig),
             "RUNNER_PLATFORM_GITHUB_API_URLS": ",".join(
                 f"{name}={e.api_url}" for name, e in self.emulators.items()

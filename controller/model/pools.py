@@ -162,3 +162,11 @@ class Pool(Frozen):
         if self.profile == "gpu":
             taints.append(Taint(key=GPU_TAINT_KEY, value="true", effect="NoSchedule"))
         return (*taints, *self.taints)
+
+    def tolerations(self) -> list[dict[str, str]]:
+        """The Kubernetes tolerations of every taint the pool's nodes carry: what a pod
+        that belongs on the pool (a runner, a job pod, a pool DaemonSet) declares."""
+        return [
+            {"key": t.key, "operator": "Equal", "value": t.value, "effect": t.effect}
+            for t in self.node_taints()
+        ]

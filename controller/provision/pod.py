@@ -129,13 +129,6 @@ def _team_and_pool(spec: PlatformSpec, scale_set: ScaleSet) -> tuple[Team, Pool]
     return team, pool
 
 
-def _tolerations(pool: Pool) -> list[dict[str, str]]:
-    return [
-        {"key": t.key, "operator": "Equal", "value": t.value, "effect": t.effect}
-        for t in pool.node_taints()
-    ]
-
-
 def _resources(team: Team, pool: Pool) -> dict[str, dict[str, str]]:
     wanted = team.resources
     requests = {
@@ -216,7 +209,7 @@ def runner_pod(
         "enableServiceLinks": False,
         "priorityClassName": RUNNER_PRIORITY_CLASS,
         "nodeSelector": {POOL_LABEL: pool.name},
-        "tolerations": _tolerations(pool),
+        "tolerations": pool.tolerations(),
         "securityContext": {
             "runAsNonRoot": True,
             "runAsUser": RUNNER_UID,

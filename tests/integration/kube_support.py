@@ -9,7 +9,6 @@ from typing import Any
 import jwt
 import requests
 
-from components.node_pools import tolerations
 from controller.model import POOL_LABEL, PlatformSpec, Pool, ScaleSet, Team, load_spec
 from localenv.github import GitHubEmulator
 from localenv.runner_pod import INSTANCE_LABEL, JIT_ENV, RUNNER_ID_ANNOTATION
@@ -109,7 +108,7 @@ def pod(
         "spec": {
             "restartPolicy": "Never",
             "nodeSelector": {POOL_LABEL: pool.name} if pool else {},
-            "tolerations": tolerations(pool) if pool else [],
+            "tolerations": pool.tolerations() if pool else [],
             "containers": [
                 {
                     "name": "runner",

@@ -26,9 +26,10 @@ from kubernetes import client
 
 from components.controller_manifests import CONTROLLER_NAME, namespaces, rbac, service_accounts
 from components.node_pools import daemonset_pods, runner_priority_class
-from controller.model import PlatformSpec, RuntimeFacts, load_spec
+from controller.model import PlatformSpec, load_spec
 from controller.provision.leader import KIND_LABEL, SCALE_SET_ANNOTATION
 from controller.provision.pod import selector
+from localenv.controller_files import install_apps, prepare_teams, write_controller_files
 from localenv.dry_run import Rejected, submit
 from localenv.github import GitHubEmulator
 from localenv.kube import ControlPlane
@@ -107,6 +108,7 @@ class Platform:
     port: int = 0
     hooked: bool = False
     kubeconfig: Path | None = None
+    token: str = ""
 
     # -- setting the world up --
 
@@ -139,97 +141,42 @@ class Platform:
                     core.create_namespaced_pod("kube-system", _daemon_pod(daemon, node))
         self._secrets()
         self._github()
-        self._controller_kubeconfig(core)
+        self._controller_kubeconfig()
         return self
 
-    def _controller_kubeconfig(self, core: Any) -> None:
+    def _controller_kubeconfig(self) -> None:
         """A kubeconfig with the controller ServiceAccount's token: the processes run with
         exactly the RBAC the stack grants (controller_manifests.rbac), not as admin."""
-        request = {
-            "apiVersion": "authentication.k8s.io/v1",
-            "kind": "TokenRequest",
-            "spec": {"expirationSeconds": 3600 * 4},
-        }
-        token = core.create_namespaced_service_account_token(
-            CONTROLLER_NAME, self.spec.controller.namespace, request
-        ).status.token
-        config = {
-            "apiVersion": "v1",
-            "kind": "Config",
-            "clusters": [
-                {
-                    "name": "local",
-                    "cluster": {
-                        "server": self.plane.server,
-                        "certificate-authority": str(self.plane.certs.ca_cert),
-                    },
-                }
-            ],
-            "users": [{"name": "controller", "user": {"token": token}}],
-            "contexts": [{"name": "local", "context": {"cluster": "local", "user": "controller"}}],
-            "current-context": "local",
-        }
-        path = self.workdir / "controller-kubeconfig"
-        path.write_text(json.dumps(config))
-        path.chmod(0o600)
-        self.kubeconfig = path
+        self.token = self.plane.service_account_token(
+            self.spec.controller.namespace, CONTROLLER_NAME
+        )
+        self.kubeconfig = self.plane.write_kubeconfig(
+            self.workdir / "controller-kubeconfig", CONTROLLER_NAME, {"token": self.token}
+        )
 
     def kubeconfig_via(self, server: str) -> Path:
         """The controller's kubeconfig (same token) with another server, e.g. a
         ``localenv.fault_proxy`` in front of the API server; pass it to the processes as
-        ``extra_env["RUNNER_PLATFORM_KUBECONFIG"]``. Plain http needs no CA."""
-        assert self.kubeconfig is not None, "prepare() first"
-        config = json.loads(self.kubeconfig.read_text())
-        cluster = config["clusters"][0]["cluster"]
-        cluster["server"] = server
-        if server.startswith("http://"):
-            cluster.pop("certificate-authority", None)
+        ``extra_env["RUNNER_PLATFORM_KUBECONFIG"]``."""
+        assert self.token, "prepare() first"
         path = self.workdir / f"controller-kubeconfig-{abs(hash(server)) % 10**8}"
-        path.write_text(json.dumps(config))
-        path.chmod(0o600)
-        return path
+        return self.plane.write_kubeconfig(
+            path, CONTROLLER_NAME, {"token": self.token}, server=server
+        )
 
     def _secrets(self) -> None:
-        secrets = self.workdir / "secrets"
-        for instance in self.spec.github_instances:
-            key = self.emulators[instance.name].add_app(instance.apps[0].app_id)
-            for org, installation in instance.apps[0].installations.items():
-                self.emulators[instance.name].add_installation(
-                    instance.apps[0].app_id, org, installation_id=installation
-                )
-            ref = instance.apps[0].private_key
-            (secrets / ref.name).mkdir(parents=True, exist_ok=True)
-            (secrets / ref.name / ref.key).write_text(key)
-            hook = instance.webhook_secret
-            (secrets / hook.name).mkdir(parents=True, exist_ok=True)
-            (secrets / hook.name / hook.key).write_bytes(SECRETS[instance.name])
-        (self.workdir / "spec.json").write_text(self.spec.model_dump_json())
-        facts = RuntimeFacts(
-            team_role_arns=ROLE_ARNS,
-            vault_mounts={i.name: f"jwt-{i.name}" for i in self.spec.github_instances},
-            redis_endpoint="127.0.0.1",
-        )
-        (self.workdir / "runtime.json").write_text(facts.model_dump_json())
+        keys = install_apps(self.spec, self.emulators)
+        write_controller_files(self.workdir, self.spec, keys, SECRETS, ROLE_ARNS)
 
     def _github(self) -> None:
-        for team in self.spec.teams:
-            world = self.emulators[team.instance].world
-            world.add_org(team.org)
-            # Only the team's repositories may use its group (the provisioner checks); an
-            # earlier module of the session may have made the group open to all.
-            group = next(
-                (g for g in world.org_groups(team.org) if g.name == team.runner_group), None
-            )
-            if group is None:
-                group = world.add_runner_group(team.org, team.runner_group)
-            group.visibility = "selected"
-            group.selected_repositories = TEAM_REPOSITORIES[team.name]
-            for slug in team.github_teams:
-                try:
-                    world.team(team.org, slug)
-                except LookupError:
-                    world.add_team(team.org, slug)
-            world.set_membership(team.org, team.github_teams[0], MEMBERS[team.name])
+        # Only the team's repositories may use its group (the provisioner checks); an
+        # earlier module of the session may have made the group open to all.
+        prepare_teams(
+            self.spec,
+            self.emulators,
+            TEAM_REPOSITORIES,
+            {team: [login] for team, login in MEMBERS.items()},
+        )
 
     def cleanup(self) -> None:
         """Leave no runner behind for the next module: the cluster and the emulators are
@@ -260,6 +207,8 @@ class Platform:
             "RUNNER_PLATFORM_REDIS_URL": self.redis_url,
             "RUNNER_PLATFORM_HOST": "127.0.0.1",
             "RUNNER_PLATFORM_PORT": str(self.port),
+            # The hooks registered below point here: the reconciler redelivers only those.
+            "RUNNER_PLATFORM_PUBLIC_URL": f"http://127.0.0.1:{self.port}",
             "RUNNER_PLATFORM_KUBECONFIG": str(self.kubeconfig or self.plane.kubeconfig),
             "RUNNER_PLATFORM_GITHUB_API_URLS": ",".join(
                 f"{name}={emulator.api_url}" for name, emulator in self.emulators.items()

@@ -204,11 +204,7 @@ def prepare_cluster(plane: ControlPlane, spec: PlatformSpec) -> None:
 def service_account_mount(plane: ControlPlane, spec: PlatformSpec, directory: Path) -> Path:
     """What the kubelet mounts at /var/run/secrets/kubernetes.io/serviceaccount: a token of
     the controller's ServiceAccount, the cluster CA and the namespace."""
-    core = client.CoreV1Api(plane.api_client())
-    request = {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": {}}
-    token = core.create_namespaced_service_account_token(
-        CONTROLLER_NAME, spec.controller.namespace, request
-    ).status.token
+    token = plane.service_account_token(spec.controller.namespace, CONTROLLER_NAME)
     directory.mkdir(parents=True)
     (directory / "token").write_text(token)
     (directory / "ca.crt").write_bytes(Path(plane.certs.ca_cert).read_bytes())

@@ -177,9 +177,7 @@ def test_job_pods_land_beside_their_runner_count_in_quota_and_go_with_it(
     assert claim.metadata.owner_references[0].uid == runner["metadata"]["uid"]
 
     # The job pod, created with the runner's token as the hooks create it, then adopted.
-    token = core.create_namespaced_service_account_token(
-        "runner", ns, {"spec": {"audiences": ["https://kubernetes.default.svc"]}}
-    ).status.token
+    token = plane.service_account_token(ns, "runner", audiences=["https://kubernetes.default.svc"])
     config = client.Configuration(host=plane.server, api_key={"authorization": f"Bearer {token}"})
     config.ssl_ca_cert = str(plane.certs.ca_cert)
     job = cm.job_pod(team, general, runner_name, node, "node:20-bookworm")
