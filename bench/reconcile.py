@@ -50,6 +50,8 @@ def _controller(env: Env, command: str, port: int) -> ManagedProcess:
         "RUNNER_PLATFORM_REDIS_URL": env.redis.url,
         "RUNNER_PLATFORM_HOST": "127.0.0.1",
         "RUNNER_PLATFORM_PORT": str(port),
+        # The hooks registered below point here: the reconciler redelivers only those.
+        "RUNNER_PLATFORM_PUBLIC_URL": f"http://127.0.0.1:{port}",
         "RUNNER_PLATFORM_GITHUB_API_URLS": ",".join(
             f"{name}={emulator.api_url}" for name, emulator in env.emulators.items()
         ),

@@ -147,6 +147,6 @@ class ControllerDeployment(pulumi.ComponentResource):
         )
         self.role_name = role.name
         self.webhook_urls = {
-            i.name: manifests.webhook_url(spec, i.name) for i in spec.github_instances
+            i.name: spec.webhook_url(i.name) for i in spec.github_instances
         }
         self.register_outputs({"webhook_urls": self.webhook_urls, "role": self.role_name})

@@ -471,10 +471,6 @@ def ingress(spec: PlatformSpec) -> Manifest:
     }
 
 
-def webhook_url(spec: PlatformSpec, instance_name: str) -> str:
-    return f"https://{spec.controller.webhook_host}/webhooks/github/{instance_name}"
-
-
 def _policy(name: str, namespace: str, body: dict[str, Any]) -> Manifest:
     return {
         "apiVersion": "networking.k8s.io/v1",

@@ -112,6 +112,10 @@ class Settings:
     reconcile_lock_seconds: int = 30
     """Lifetime of the Redis lock that lets one replica's reconciler act per instance;
     renewed every third of it (RUNNER_PLATFORM_RECONCILE_LOCK)."""
+    public_url: str = ""
+    """``scheme://host[:port]`` where GitHub reaches the router, when not the Ingress's
+    ``https://<webhook_host>``: the reconciler redelivers only hooks that point exactly
+    there (RUNNER_PLATFORM_PUBLIC_URL)."""
     lease_seconds: int = 15
     """Duration of the per-scale-set and member Leases: a dead replica's scale sets move
     after this (RUNNER_PLATFORM_LEASE_SECONDS)."""
@@ -161,6 +165,7 @@ class Settings:
             "reconcile_grace_seconds": "RUNNER_PLATFORM_RECONCILE_GRACE",
             "reconcile_lookback_seconds": "RUNNER_PLATFORM_RECONCILE_LOOKBACK",
             "reconcile_lock_seconds": "RUNNER_PLATFORM_RECONCILE_LOCK",
+            "public_url": "RUNNER_PLATFORM_PUBLIC_URL",
             "lease_seconds": "RUNNER_PLATFORM_LEASE_SECONDS",
             "lease_renew_seconds": "RUNNER_PLATFORM_LEASE_RENEW",
             "cloudwatch_namespace": "RUNNER_PLATFORM_CLOUDWATCH_NAMESPACE",

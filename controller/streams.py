@@ -27,6 +27,12 @@ def events_key(scale_set: str) -> str:
     return f"rp:events:{scale_set}"
 
 
+def pending_key(scale_set: str) -> str:
+    """The Pod Provisioner's demand: a sorted set, job id -> when it was queued (written by
+    controller/provision/demand.py; the reconciler reads it)."""
+    return f"rp:pending:{scale_set}"
+
+
 def encode_entry(job: dict[str, str]) -> str:
     """How a job travels in every stream (queue, ready, events): one JSON field ``j``."""
     return json.dumps(job, separators=(",", ":"))

@@ -48,7 +48,7 @@ from urllib.parse import urlsplit
 import redis.asyncio as aioredis
 from pydantic import ValidationError
 
-from controller.audit import AUDIT_STREAM, AuditLog, AuditRecord
+from controller.audit import AuditLog, AuditRecord
 from controller.errors import (
     GitHubAuthError,
     GitHubError,
@@ -61,8 +61,9 @@ from controller.ingest.events import WorkflowJobEvent
 from controller.ingest.routing import Router
 from controller.ingest.store import IngestStore, delivery_key, job_action_key, job_entry
 from controller.metrics import Metrics
-from controller.model import GitHubInstance, PlatformSpec, Team
+from controller.model import GitHubInstance, PlatformSpec, Team, is_glob
 from controller.settings import Settings
+from controller.streams import pending_key
 
 log = logging.getLogger(__name__)
 Clock = Callable[[], float]
@@ -83,17 +84,8 @@ REPOSITORY_REFRESH_PASSES = 10  # the installation's repositories are listed aga
 REPOSITORY_REFRESH_SECONDS = 600.0  # tenth pass, and at least this often
 UNAVAILABLE_IN_A_ROW = 3  # repositories answering 5xx in a row: GitHub is down, stop
 PENDING_CHECKS = 20  # pending jobs looked up on GitHub per pass (scale sets in turn)
-AUDIT_BATCH = 1000  # audit records read per round trip to learn queued jobs' repositories
-AUDIT_BATCHES = 20  # ... and round trips per pass (the rest waits for the next pass)
-JOB_INDEX_SECONDS = 26 * 3600  # a queued job's repository is kept as long as its demand
 # Malformed data in one repository's answers: that repository is skipped, not the pass.
 DATA_ERRORS = (KeyError, ValueError, TypeError, AttributeError)
-
-
-def pending_key(scale_set: str) -> str:
-    """The Pod Provisioner's demand (``controller/provision/demand.py``, which the router
-    side may not import): a sorted set, job id -> when it was queued."""
-    return f"rp:pending:{scale_set}"
 
 
 class BudgetSpent(Exception):
@@ -112,6 +104,7 @@ class ReconcileSettings:
     grace: float = 30.0
     lookback: float = 6 * 3600.0
     lock_seconds: float = 30.0
+    public_url: str = ""  # where GitHub reaches the router (default: the Ingress's host)
 
     def __post_init__(self) -> None:
         if self.interval <= 0:
@@ -218,7 +211,6 @@ class PassReport:
     recovered: int = 0
     spent: int = 0
     not_modified: int = 0
-    skipped: list[str] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)  # repository -> what went wrong
 
 
@@ -257,7 +249,9 @@ class Reconciler:
         self.teams: list[Team] = [t for t in spec.teams if t.instance == instance.name]
         self.scale_sets = [s for s in spec.scale_sets() if s.instance == instance.name]
         self.lock = RedisLock(redis, f"rp:reconcile:lock:{instance.name}", settings.lock_seconds)
-        self.webhook_path = f"/webhooks/github/{instance.name}"
+        # Only hooks that point exactly at this router are ours to redeliver: an org admin's
+        # hook elsewhere with the same path (another platform, a dead endpoint) is not.
+        self.webhook_url = _normal_url(spec.webhook_url(instance.name, settings.public_url))
         # path -> (ETag, body, next page) of the lists read: the next read is conditional.
         # Bounded: least recently used first out (runs come and go, cursors move on).
         self._cache: OrderedDict[str, tuple[str, Any, str | None]] = OrderedDict()
@@ -347,8 +341,7 @@ class Reconciler:
                 try:
                     await self._redeliver_failed(source, budget, report)
                 except GitHubAuthError as error:  # this hook only: the others go on
-                    report.skipped.append(source.name)
-                    log.warning("reconciler %s: %s: %s", self.instance.name, source.name, error)
+                    self._failed(report, source.name, error)
             await self._recover_stale_pending(budget, report)
             await self._recover_queued(budget, report)
         except BudgetSpent:
@@ -429,7 +422,7 @@ class Reconciler:
             if reply.status == 404:
                 self._no_app_hook[app.app_id] = self.clock() + NO_APP_HOOK_RECHECK
             url = str((config or {}).get("url") or "") if reply.status in (200, 304) else ""
-            if urlsplit(url).path.rstrip("/") == self.webhook_path:
+            if _normal_url(url) == self.webhook_url:
                 sources.append(HookSource(f"app-{app.app_id}", app=app))
         for org in self.instance.orgs:
             if org in self._hooks_unreadable:
@@ -446,9 +439,7 @@ class Reconciler:
                 continue
             for hook in body if isinstance(body, list) else []:
                 url = str((hook.get("config") or {}).get("url") or "")
-                if hook.get("active", True) and urlsplit(url).path.rstrip("/") == (
-                    self.webhook_path
-                ):
+                if hook.get("active", True) and _normal_url(url) == self.webhook_url:
                     sources.append(
                         HookSource(f"org-{org}-{hook['id']}", org=org, hook_id=hook["id"])
                     )
@@ -570,7 +561,7 @@ class Reconciler:
         """(team, repository) for every team repository, globs expanded. The installation's
         repositories are listed again every ``REPOSITORY_REFRESH_PASSES``-th pass (and at
         least every ``REPOSITORY_REFRESH_SECONDS``), not on every pass."""
-        globbing = [t for t in self.teams if any(_is_glob(p) for p in t.repositories)]
+        globbing = [t for t in self.teams if any(is_glob(p) for p in t.repositories)]
         now = self.clock()
         due = (
             self._passes_since_listing >= REPOSITORY_REFRESH_PASSES
@@ -588,16 +579,16 @@ class Reconciler:
         named: list[tuple[Team, str]] = []
         seen: set[tuple[str, str]] = set()  # (team, repository): no quadratic list search
         for team in self.teams:
-            for pattern in team.repositories:
-                candidates = (
-                    [r for r in self._repos.get(team.org, []) if team.claims_repository(r)]
-                    if _is_glob(pattern)
-                    else [pattern]
-                )
-                for repository in candidates:
-                    if (team.name, repository.lower()) not in seen:
-                        seen.add((team.name, repository.lower()))
-                        named.append((team, repository))
+            exact = [p for p in team.repositories if not is_glob(p)]
+            matched = (
+                [r for r in self._repos.get(team.org, []) if team.claims_repository(r)]
+                if len(exact) < len(team.repositories)
+                else []
+            )
+            for repository in (*exact, *matched):
+                if (team.name, repository.lower()) not in seen:
+                    seen.add((team.name, repository.lower()))
+                    named.append((team, repository))
         return named
 
     async def _installation_repositories(self, org: str, budget: Budget) -> list[str]:
@@ -742,36 +733,6 @@ class Reconciler:
 
     # -- 3. pending demand GitHub has finished with --
 
-    async def _index_audit(self) -> None:
-        """Learn each queued job's repository and requester from the audit stream (the
-        router's ``accepted``, the reconciler's ``recovered``): demand keeps only the job id,
-        and ``GET …/actions/jobs/{id}`` needs the repository. Read on from a cursor kept in
-        Redis, so a new lock holder goes on where the previous one stopped."""
-        instance = self.instance.name
-        cursor_key = f"rp:reconcile:auditpos:{instance}"
-        cursor = await self.redis.get(cursor_key)
-        if cursor:
-            low = "(" + (cursor.decode() if isinstance(cursor, bytes) else str(cursor))
-        else:
-            low = f"{int((self.clock() - self.settings.lookback) * 1000)}-0"
-        for _ in range(AUDIT_BATCHES):
-            entries: Any = await self.redis.xrange(AUDIT_STREAM, min=low, count=AUDIT_BATCH)
-            if not entries:
-                return
-            async with self.redis.pipeline(transaction=False) as pipe:
-                for _, fields in entries:
-                    known = _queued_record(fields, instance)
-                    if known is not None:
-                        job_id, value = known
-                        pipe.set(_job_index_key(instance, job_id), value, ex=JOB_INDEX_SECONDS)
-                last = entries[-1][0]
-                last = last.decode() if isinstance(last, bytes) else str(last)
-                pipe.set(cursor_key, last, ex=8 * 24 * 3600)
-                await pipe.execute()
-            low = "(" + last
-            if len(entries) < AUDIT_BATCH:
-                return
-
     async def _recover_stale_pending(self, budget: Budget, report: PassReport) -> None:
         """Jobs the platform has counted as demand for longer than the grace, asked of
         GitHub: at most ``PENDING_CHECKS`` a pass, in turn over the scale sets and their
@@ -780,7 +741,6 @@ class Reconciler:
         fed in like its webhook."""
         if not self.scale_sets:
             return
-        await self._index_audit()
         cutoff = self.clock() - self.settings.grace
         teams = {team.name: team for team in self.teams}
         left = PENDING_CHECKS
@@ -811,13 +771,14 @@ class Reconciler:
     ) -> None:
         async with self.redis.pipeline(transaction=False) as pipe:
             for job_id in job_ids:
-                pipe.get(_job_index_key(self.instance.name, job_id))
+                pipe.get(job_action_key(self.instance.name, job_id, "queued"))
             found = await pipe.execute()
         for job_id, value in zip(job_ids, found, strict=True):
-            if team is None or not value:
-                continue  # not learnt (yet): the 24 h expiry of demand is the backstop
+            origin = json.loads(value) if value else None
+            if team is None or not isinstance(origin, dict):
+                continue  # stored before its origin was kept: the 24 h expiry of demand
             try:
-                await self._check_pending(team, job_id, json.loads(value), budget, report)
+                await self._check_pending(team, job_id, origin, budget, report)
             except (BudgetSpent, LockLost, GitHubUnavailable, RateLimited):
                 raise  # the pass ends here
             except (GitHubError, *DATA_ERRORS) as error:
@@ -917,8 +878,10 @@ class Reconciler:
 _ENDPOINTS = {"runs": "workflow_runs", "jobs": "run_jobs"}  # cache key -> metric endpoint
 
 
-def _is_glob(pattern: str) -> bool:
-    return any(ch in pattern for ch in "*?[")
+def _normal_url(url: str) -> str:
+    """A hook URL as compared: scheme and host lower-cased, no trailing '/', no query."""
+    parts = urlsplit(url.strip())
+    return f"{parts.scheme.lower()}://{parts.netloc.lower()}{parts.path.rstrip('/')}"
 
 
 def _items(body: Any, key: str) -> list[dict[str, Any]]:
@@ -929,28 +892,6 @@ def _items(body: Any, key: str) -> list[dict[str, Any]]:
     if not isinstance(items, list) or not all(isinstance(item, dict) for item in items):
         raise ValueError(f"malformed answer: {key} is not a list of objects")
     return items
-
-
-def _job_index_key(instance: str, job_id: int | str) -> str:
-    """A queued job's repository and requester, learnt from its audit record."""
-    return f"rp:reconcile:job:{instance}:{job_id}"
-
-
-def _queued_record(fields: Any, instance: str) -> tuple[str, str] | None:
-    """(job id, {repo, requester}) of an audit record that stored a queued job."""
-    raw = fields.get(b"r") or fields.get("r")
-    try:
-        record = json.loads(raw)
-    except (TypeError, ValueError):
-        return None
-    if not isinstance(record, dict) or record.get("instance") != instance:
-        return None
-    if record.get("action") != "queued" or record.get("decision") not in ("accepted", "recovered"):
-        return None
-    if not record.get("job_id") or not record.get("repo"):
-        return None
-    value = {"repo": record["repo"], "requester": record.get("requester") or ""}
-    return str(record["job_id"]), json.dumps(value)
 
 
 def _time(text: Any) -> float:
@@ -993,4 +934,5 @@ def reconcile_settings(values: Settings) -> ReconcileSettings:
         grace=float(values.reconcile_grace_seconds),
         lookback=float(values.reconcile_lookback_seconds),
         lock_seconds=float(values.reconcile_lock_seconds),
+        public_url=values.public_url,
     )

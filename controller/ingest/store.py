@@ -41,7 +41,7 @@ end
 if redis.call('XLEN', KEYS[3]) >= tonumber(ARGV[2]) then return 'full' end
 local id = redis.call('XADD', KEYS[3], '*', 'j', ARGV[5])
 redis.call('SET', KEYS[1], '1', 'EX', ARGV[1])
-redis.call('SET', KEYS[2], '1', 'EX', ARGV[1])
+redis.call('SET', KEYS[2], ARGV[6], 'EX', ARGV[1])
 redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[3], '*', 'r', ARGV[4])
 return id
 """
@@ -159,6 +159,9 @@ class IngestStore:
                 self.audit_max,
                 audit.to_json(),
                 encode_entry(entry),
+                # Where the job came from, kept with its action: the reconciler asks GitHub
+                # about a job that stays pending, and GitHub's path needs the repository.
+                json.dumps({"repo": entry.get("repo", ""), "requester": entry.get("sender", "")}),
             ],
         )
         text = result.decode() if isinstance(result, bytes) else str(result)

@@ -176,6 +176,12 @@ class PlatformSpec(Frozen):
 
     # -- lookups used by both halves --
 
+    def webhook_url(self, instance: str, base: str = "") -> str:
+        """Where GitHub sends ``instance``'s webhooks: the Ingress's host, or ``base``
+        (``scheme://host[:port]``) where the router is reached otherwise (a local run)."""
+        root = base.rstrip("/") or f"https://{self.controller.webhook_host}"
+        return f"{root}/webhooks/github/{instance}"
+
     def instance(self, name: str) -> GitHubInstance:
         return next(i for i in self.github_instances if i.name == name)
 

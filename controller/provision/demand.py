@@ -29,7 +29,7 @@ from typing import Any, TypeVar
 import redis.asyncio as aioredis
 
 from controller.provision.jit import scale_set_of
-from controller.streams import decode_entry, events_key, ready_key
+from controller.streams import decode_entry, events_key, pending_key, ready_key
 
 log = logging.getLogger(__name__)
 GROUP = "provisioner"
@@ -65,10 +65,6 @@ redis.call('XACK', KEYS[4], ARGV[5], ARGV[6])
 redis.call('XDEL', KEYS[4], ARGV[6])
 return was
 """
-
-
-def pending_key(scale_set: str) -> str:
-    return f"rp:pending:{scale_set}"
 
 
 def started_key(scale_set: str) -> str:

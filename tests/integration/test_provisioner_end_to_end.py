@@ -11,7 +11,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from controller.provision.demand import pending_key
+from controller.streams import pending_key
 from localenv.github import GitHubEmulator
 from localenv.kube import ControlPlane
 from localenv.runner_standin import RunnerStandIn

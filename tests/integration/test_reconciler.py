@@ -24,8 +24,8 @@ from controller.ingest.app import WebhookApp
 from controller.ingest.reconcile import Reconciler, ReconcileSettings, RedisLock
 from controller.ingest.store import IngestStore
 from controller.metrics import Metrics
-from controller.provision.demand import DemandStore, pending_key
-from controller.streams import decode_entry, queue_key
+from controller.provision.demand import DemandStore
+from controller.streams import decode_entry, pending_key, queue_key
 from controller.teams.listener import Listener
 from controller.teams.verifier import TeamVerifier
 from localenv.asgi_server import ThreadedServer
@@ -64,8 +64,11 @@ class Env:
 
     def org_hook(self) -> None:
         self.hook = self.emulator.world.add_hook(self.hook_url, SECRETS["cloud"].decode(), org=ORG)
-        # An org hook somewhere else (another service's): never redelivered by us.
+        # Org hooks somewhere else — another service's, and one with the router's path on
+        # another host (another platform, or an org admin's dead endpoint): never
+        # redelivered by us, so they spend none of our budget.
         self.emulator.world.add_hook("http://127.0.0.1:9/elsewhere", "x", org=ORG)
+        self.emulator.world.add_hook("http://127.0.0.1:9/webhooks/github/cloud", "x", org=ORG)
         self.emulator.flush()
 
     def queue(
@@ -87,7 +90,9 @@ class Env:
             api_url=self.emulator.api_url,
             metrics=self.metrics,
         )
-        settings = ReconcileSettings(**{"interval": 0.2, "grace": 0.0, **tuning})
+        settings = ReconcileSettings(
+            **{"interval": 0.2, "grace": 0.0, "public_url": self.server.url, **tuning}
+        )
         return Reconciler(
             self.spec,
             self.instance,

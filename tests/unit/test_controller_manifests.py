@@ -137,7 +137,7 @@ def test_ingress_exposes_only_each_instances_webhook_path(dev_spec: PlatformSpec
         "/webhooks/github/ghes",
     ]
     assert (
-        cm.webhook_url(dev_spec, "ghes") == "https://runners-dev.acme.example/webhooks/github/ghes"
+        dev_spec.webhook_url("ghes") == "https://runners-dev.acme.example/webhooks/github/ghes"
     )
 
 
