@@ -14,6 +14,7 @@ from datetime import datetime
 from typing import Any
 
 from controller import logs
+from controller.errors import retry_delay
 from controller.settings import MissingSecret, Settings
 from controller.version import VERSION
 
@@ -90,7 +91,7 @@ def _serve(settings: Settings) -> int:
     return 0
 
 
-async def _listen_forever(settings: Settings) -> None:
+async def _listen_forever(settings: Settings) -> int:
     from controller.audit import AuditLog
     from controller.metrics import Metrics
     from controller.teams.listener import Listener
@@ -136,7 +137,7 @@ async def _listen_forever(settings: Settings) -> None:
                 # Redis away (a restart, a failover): back off up to 5 s; the client
                 # reconnects on the next command. Nothing is acknowledged meanwhile.
                 failures += 1
-                delay = min(5.0, 0.2 * 2**failures)
+                delay = retry_delay(failures)
                 logging.getLogger(__name__).warning(
                     "listener %s: %s; retry in %.1fs", listener.scale_set.name, error, delay
                 )
@@ -153,8 +154,13 @@ async def _listen_forever(settings: Settings) -> None:
     work = asyncio.gather(*(run(listener) for listener in listeners))
     waiters: list[asyncio.Future[Any]] = [work, asyncio.ensure_future(stopped.wait())]
     await asyncio.wait(waiters, return_when="FIRST_COMPLETED")
+    failed = work.done() and not work.cancelled() and work.exception() is not None
+    if failed:
+        logging.getLogger(__name__).error("a listener ended: %r", work.exception())
     work.cancel()
     await asyncio.gather(work, return_exceptions=True)
+    await audit.flush()  # records kept while Redis was away
+    return 1 if failed else 0
 
 
 def _dump_tasks() -> None:
@@ -217,6 +223,7 @@ async def _provision_forever(settings: Settings) -> int:
         on_change=lambda held: provisioner.mark(*held),
         in_flight=lambda name: provisioner.inflight[name] > 0,
     )
+    audit = AuditLog(redis, settings.audit_max_records)
     provisioner = Provisioner(
         spec,
         facts,
@@ -228,7 +235,7 @@ async def _provision_forever(settings: Settings) -> int:
         ),
         kube,
         github_clients(spec, settings, metrics),
-        AuditLog(redis, settings.audit_max_records),
+        audit,
         metrics,
         Tuning(
             write_concurrency=settings.write_concurrency,
@@ -294,6 +301,7 @@ async def _provision_forever(settings: Settings) -> int:
     await asyncio.gather(*loops, return_exceptions=True)
     if publisher is not None:
         await publisher.flush()
+    await audit.flush()  # records kept while Redis was away
     await shards.release_all()
     await kube.aclose()
     return 1 if failed else 0
@@ -400,8 +408,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "serve":
             return _serve(settings)
         if args.command == "listen":
-            asyncio.run(_listen_forever(settings))
-            return 0
+            return asyncio.run(_listen_forever(settings))
         if args.command == "provision":
             return asyncio.run(_provision_forever(settings))
         return _audit(args, settings)

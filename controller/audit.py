@@ -76,9 +76,16 @@ class AuditLog:
         ahead)."""
         log_record(record)
         text = record.to_json()
+        if self._flushing.locked():
+            # A flush is under way: its batches left the backlog and are not written yet.
+            # Behind them is this record's place; the flusher writes it too.
+            if required:
+                raise AuditUnavailable("audit stream catching up after Redis was away")
+            self._keep(text)
+            return
         try:
             if self.backlog:
-                await self._flush_backlog()
+                await self.flush()
             await asyncio.wait_for(
                 self.redis.xadd(
                     AUDIT_STREAM, {"r": text}, maxlen=self.max_records, approximate=True
@@ -90,14 +97,18 @@ class AuditLog:
             log.warning("audit stream unavailable: %s", what)
             if required:
                 raise AuditUnavailable(f"audit stream unavailable: {what}") from None
-            if len(self.backlog) == self.backlog.maxlen:
-                self.dropped += 1
-                log.error("audit backlog full: %d records dropped so far", self.dropped)
-            self.backlog.append(text)
+            self._keep(text)
 
-    async def _flush_backlog(self) -> None:
+    def _keep(self, text: str) -> None:
+        if len(self.backlog) == self.backlog.maxlen:
+            self.dropped += 1
+            log.error("audit backlog full: %d records dropped so far", self.dropped)
+        self.backlog.append(text)
+
+    async def flush(self) -> None:
         """Write the backlog in order, one flusher at a time; a batch leaves the backlog
-        only once written (a failure puts it back in front)."""
+        only once written (a failure puts it back in front). Also on a clean stop, so
+        records kept while Redis was away are not lost with the process."""
         async with self._flushing:
             while self.backlog:
                 batch = [self.backlog.popleft() for _ in range(min(500, len(self.backlog)))]

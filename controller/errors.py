@@ -64,3 +64,10 @@ class RateLimited(GitHubError):
 
 class GitHubAuthError(GitHubError):
     pass
+
+
+def retry_delay(failures: int, first: float = 0.2, most: float = 5.0) -> float:
+    """Seconds to wait after ``failures`` failed attempts in a row: doubling from
+    ``first``, never above ``most`` (the exponent is capped: an outage of hours must not
+    overflow the float and end the loop that waits it out)."""
+    return float(min(most, first * 2.0 ** min(max(failures, 1), 32)))

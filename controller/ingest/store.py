@@ -92,6 +92,11 @@ class IngestStore:
         audit_max: int,
         queue_bound: int = QUEUE_BOUND,
     ) -> None:
+        if queue_bound < 1:  # 0 would answer every webhook 503 "queue full"
+            raise ValueError(
+                f"RUNNER_PLATFORM_QUEUE_BOUND={queue_bound}: a scale set's queue must hold "
+                "at least one job"
+            )
         self.redis = redis
         self.queue_bound = queue_bound
         self.dedupe_ttl = dedupe_ttl

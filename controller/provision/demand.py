@@ -282,6 +282,11 @@ class DemandStore:
         except Exception as error:  # closing a dead connection may fail too: never fatal
             log.debug("closing Redis connections: %r", error)
 
+    async def busy_job(self, scale_set: str, runner_name: str) -> str:
+        """The job a runner is busy with, "" when none is known."""
+        value = await _bounded(self.redis.hget(busy_key(scale_set), runner_name))
+        return _text(value) if value is not None else ""
+
     async def mark_busy(self, scale_set: str, runner_name: str, job_id: str) -> None:
         """GitHub says the runner is busy (read back after a lost event or a restart)."""
         await _bounded(self.redis.hsetnx(busy_key(scale_set), runner_name, job_id))

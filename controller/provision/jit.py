@@ -50,8 +50,10 @@ def scale_set_of(name: str) -> str | None:
 class RunnerGroups:
     def __init__(self) -> None:
         self._ids: dict[tuple[str, str, str], tuple[int | None, float]] = {}
-        self._visibility: dict[int, str] = {}
-        self._access: dict[int, tuple[str | None, float]] = {}  # group -> (problem, when)
+        # Group ids are per org and per GitHub instance (GitHub.com and a GHES both number
+        # from 1): every cache is keyed by (instance, org, id), never by the id alone.
+        self._visibility: dict[tuple[str, str, int], str] = {}
+        self._access: dict[tuple[str, str, int], tuple[str | None, float]] = {}
         self._locks: dict[tuple[str, str], asyncio.Lock] = {}
 
     async def checked_id(
@@ -62,10 +64,11 @@ class RunnerGroups:
         group the job's repository may use: a group open to the whole org would let any
         repository's job take the team's runners, pools and identity."""
         group_id = await self.id(client, scale_set.org, scale_set.runner_group)
-        cached = self._access.get(group_id)
+        key = (client.instance.name, scale_set.org, group_id)
+        cached = self._access.get(key)
         if cached is None or time.monotonic() - cached[1] >= GROUP_TTL_SECONDS:
             cached = (await self._problem(client, scale_set, group_id, claims), time.monotonic())
-            self._access[group_id] = cached
+            self._access[key] = cached
         if cached[0] is not None:
             raise JitError(cached[0])
         return group_id
@@ -78,7 +81,7 @@ class RunnerGroups:
         claims: Callable[[str], bool],
     ) -> str | None:
         where = f"runner group '{scale_set.runner_group}' in {scale_set.org}"
-        visibility = self._visibility.get(group_id, "all")
+        visibility = self._visibility.get((client.instance.name, scale_set.org, group_id), "all")
         if visibility != "selected":
             return (
                 f"{where} is visible to {visibility} repositories; set it to the team's "
@@ -130,7 +133,12 @@ class RunnerGroups:
                 raise GitHubUnavailable(f"runner groups of {org}: GitHub answered {reply.status}")
             groups = reply.body.get("runner_groups", [])
             found.update({g["name"]: int(g["id"]) for g in groups})
-            self._visibility.update({int(g["id"]): str(g.get("visibility", "all")) for g in groups})
+            self._visibility.update(
+                {
+                    (client.instance.name, org, int(g["id"])): str(g.get("visibility", "all"))
+                    for g in groups
+                }
+            )
             if len(groups) < 100:
                 break
             page += 1

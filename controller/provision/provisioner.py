@@ -30,12 +30,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from controller.audit import AuditLog, AuditRecord, AuditUnavailable
-from controller.errors import GitHubError, GitHubUnavailable, RateLimited
+from controller.errors import GitHubError, GitHubUnavailable, RateLimited, retry_delay
 from controller.github_client import GitHubClient
 from controller.metrics import Metrics
-from controller.model import PlatformSpec, RuntimeFacts, ScaleSet, Share
+from controller.model import PlatformSpec, RuntimeFacts, ScaleSet, Share, runner_requests
 from controller.provision import jit
-from controller.provision.cache import STATES, PodCache, RunnerPod, lean, pod_requests
+from controller.provision.cache import STATES, PodCache, RunnerPod, lean
 from controller.provision.demand import Applied, Demand, DemandStore, job_time
 from controller.provision.fairshare import Claim, Resources, entitlements
 from controller.provision.kube import Conflict, KubeApi, KubeError
@@ -113,18 +113,17 @@ class Provisioner:
         self._passes: dict[str, asyncio.Task[None]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self.namespaces = sorted({t.namespace for t in spec.teams})
-        # What one runner of each scale set requests, read off the pod the builder makes
-        # (sidecars and hook-mode differences included), for the pool-limit arithmetic.
-        # Building every scale set's pod also refuses to start on a pod that cannot be
+        # Building every scale set's pod once refuses to start on a pod that cannot be
         # built (a team missing from the runtime facts), instead of finding out after a
         # registration was made, every pass.
+        for name, s in self.scale_sets.items():
+            runner_pod(spec, facts, s, f"{name}-check", 1)
+        # What one runner counts against its pool's limits (cpu, memory, GPUs: sidecars
+        # included, GPUs with the runner whichever pod holds them) — the model's figure,
+        # the one the stack's fair-share minimums were checked with.
         self.runner_requests = {
-            name: pod_requests(runner_pod(spec, facts, s, f"{name}-check", 1)["spec"])
+            name: runner_requests(self.teams[s.team], self.pools[s.pool])
             for name, s in self.scale_sets.items()
-        }
-        # GPUs go with the runner whichever pod holds them (the job pod in hook modes).
-        self.runner_gpus = {
-            name: self.pools[s.pool].gpus_per_runner for name, s in self.scale_sets.items()
         }
 
     # -- running --
@@ -147,14 +146,20 @@ class Provisioner:
         container, take over. A Redis read that never returned after a restart was seen."""
         while True:
             await asyncio.sleep(stalled_after / 4)
-            now = time.monotonic()
-            if now - self._consumed_at > stalled_after:
-                raise RuntimeError(f"the demand consumer stalled for {stalled_after:.0f}s")
-            for name, began in list(self._pass_began.items()):
-                # A pass may retire many runners at GitHub's pace (150 a minute under the
-                # secondary limit): only one that outlasts any such work is stalled.
-                if now - began > PASS_STALLED_AFTER_SECONDS:
-                    raise RuntimeError(f"the pass of {name} stalled")
+            stalled = self.stalled(time.monotonic(), stalled_after)
+            if stalled:
+                raise RuntimeError(stalled)
+
+    def stalled(self, now: float, stalled_after: float = STALLED_AFTER_SECONDS) -> str:
+        """What has stalled at monotonic time ``now`` ("" when nothing has)."""
+        if now - self._consumed_at > stalled_after:
+            return f"the demand consumer stalled for {stalled_after:.0f}s"
+        for name, began in self._pass_began.items():
+            # A pass may retire many runners at GitHub's pace (150 a minute under the
+            # secondary limit): only one that outlasts any such work is stalled.
+            if now - began > PASS_STALLED_AFTER_SECONDS:
+                return f"the pass of {name} stalled"
+        return ""
 
     async def stop(self, drain_seconds: float = 20.0) -> None:
         """Create no more runners; wait (bounded) for creations under way to finish, so
@@ -204,7 +209,7 @@ class Provisioner:
                 # Redis away (a restart, a failover): back off up to 5 s and reconnect; the
                 # demand is in Redis, so nothing is acted on from a stale picture meanwhile.
                 failures += 1
-                delay = min(5.0, 0.2 * 2**failures)
+                delay = retry_delay(failures)
                 log.warning("reading demand from Redis failed (%r); retry in %.1fs", error, delay)
                 # Every pooled connection may be one the restart left half-open: start over.
                 await self.demand_store.reconnect()
@@ -369,8 +374,7 @@ class Provisioner:
         usage = self._pool_usage(pool.name)
         used = [sum(u[1][i] for u in usage.values()) for i in range(3)]
         limits = self._pool_limits(pool.name)
-        cpu, memory, _ = self.runner_requests[scale_set.name]
-        need = (cpu, memory, self.runner_gpus[scale_set.name])
+        need = self.runner_requests[scale_set.name]
         room = [
             math.floor((limit - spent) / amount)
             for limit, spent, amount in zip(limits, used, need, strict=True)
@@ -396,7 +400,7 @@ class Provisioner:
                 continue
             runners = [p.requests for p in self.cache.of(other.name) if not p.finishing]
             runners += [self.runner_requests[other.name]] * self.inflight[other.name]
-            gpus = self.runner_gpus[other.name]
+            gpus = self.runner_requests[other.name][2]
             usage[other.name] = (
                 len(runners),
                 (
@@ -427,13 +431,13 @@ class Provisioner:
             if wanted is None:
                 wanted = 10**9 if name == scale_set.name else count
             share = pool.shares.get(other.team, Share())
-            cpu, memory, _ = self.runner_requests[name]
+            cpu, memory, gpus = self.runner_requests[name]
             claims.append(
                 Claim(
                     team=other.team,
                     current=count,
                     want=wanted,
-                    per_runner=(cpu, memory, float(self.runner_gpus[name])),
+                    per_runner=(cpu, memory, float(gpus)),
                     weight=share.weight,
                     min=share.min,
                     max=share.max,
@@ -539,7 +543,7 @@ class Provisioner:
                         self.removing.discard((namespace, runner.name))  # never created
                 except KubeError:
                     pass  # still failing: the reaper's
-                await self._delete_registration(scale_set, runner.runner_id)
+                await self._abandon(scale_set, runner, "its pod was not created")
                 raise
             record = lean(created)
             if record is not None:
@@ -562,10 +566,26 @@ class Provisioner:
                 await self.kube.delete(
                     namespace, "pods", runner.name, uid=created["metadata"]["uid"]
                 )
-                await self._delete_registration(scale_set, runner.runner_id)
+                await self._abandon(scale_set, runner, "its Secret was not created")
                 raise
         finally:
             self.inflight_names.discard(runner.name)
+
+    async def _abandon(self, scale_set: ScaleSet, runner: jit.JitRunner, why: str) -> None:
+        """Undo a recorded creation that did not complete: the registration goes (if this
+        replica may still touch it; else the reaper's), and its end is on the record."""
+        outcome = await self._delete_registration(scale_set, runner.runner_id)
+        await self.audit.record(
+            AuditRecord(
+                decision="runner-abandoned",
+                reason=f"pod {runner.name}: {why}; registration {outcome}",
+                instance=scale_set.instance,
+                org=scale_set.org,
+                scale_set=scale_set.name,
+                team=scale_set.team,
+                action="cleanup",
+            )
+        )
 
     # -- pods changing --
 
@@ -646,9 +666,7 @@ class Provisioner:
         job = ""
         outcome = "none"
         try:
-            job = (await self.demand_store.demand([pod.scale_set]))[pod.scale_set].busy.get(
-                pod.name, ""
-            )
+            job = await self.demand_store.busy_job(pod.scale_set, pod.name)
             await self.kube.delete(pod.namespace, "secrets", pod.name)
             if pod.runner_id:
                 outcome = await self._delete_registration(scale_set, pod.runner_id, name=pod.name)

@@ -68,10 +68,11 @@ class Reaper:
         removed: dict[str, int] = {}
         registrations, complete = await self._registrations()
         now = self.p.clock()
-        demand = await self.p.demand_store.demand(list(self.p.scale_sets))
-        for scale_set in self.p.scale_sets.values():
+        held = sorted(self.p.held())  # another replica's scale sets are its own reaper's
+        demand = await self.p.demand_store.demand(held)
+        for scale_set in (self.p.scale_sets[name] for name in held):
             if not self.p.may_act(scale_set.name):
-                continue  # another replica's
+                continue  # handed over during the pass
             busy = demand[scale_set.name].busy
             await self._rebuild_busy(scale_set, busy, registrations, complete)
             for pod in list(self.p.cache.of(scale_set.name)):
@@ -235,7 +236,8 @@ class Reaper:
 
     async def _orphan_secrets(self, now: float) -> int:
         removed = 0
-        for namespace in self.p.namespaces:
+        held = {self.p.teams[self.p.scale_sets[name].team].namespace for name in self.p.held()}
+        for namespace in sorted(held):  # only namespaces of scale sets this replica holds
             try:
                 secrets, _ = await self.p.kube.list(namespace, "secrets", selector())
             except KubeError as error:

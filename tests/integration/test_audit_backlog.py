@@ -54,3 +54,32 @@ def test_records_written_while_redis_is_away_arrive_in_order_once(restartable: R
     assert sorted(reasons[1201:]) == ["after-0", "after-1", "after-2"]
     assert "required" not in reasons  # refused, so its effect never happened
     assert len(reasons) == len(set(reasons))
+
+
+def test_a_record_written_while_the_last_batch_is_in_flight_waits_its_turn(
+    restartable: Redis,
+) -> None:
+    async def scenario() -> None:
+        client = aioredis.Redis.from_url(restartable.url, socket_timeout=2)
+        audit = AuditLog(client)
+        restartable.stop_process()
+        for n in range(1200):  # three batches: 500, 500, 200
+            await audit.record(AuditRecord(decision="x", reason=f"away-{n}"))
+        restartable.start()
+        first = asyncio.ensure_future(audit.record(AuditRecord(decision="x", reason="after-0")))
+        # The flusher has taken the last batch off the backlog and not written it yet.
+        while not (audit._flushing.locked() and not audit.backlog):
+            await asyncio.sleep(0)
+        await audit.record(AuditRecord(decision="x", reason="after-1"))
+        # A required record is refused rather than written ahead of the backlog.
+        with pytest.raises(AuditUnavailable):
+            await audit.record(AuditRecord(decision="x", reason="required"), required=True)
+        await first
+        await audit.flush()
+        await client.aclose()
+
+    asyncio.run(scenario())
+    reasons = _reasons(restartable)
+    assert reasons[:1200] == [f"away-{n}" for n in range(1200)]
+    assert sorted(reasons[1200:]) == ["after-0", "after-1"]
+    assert "required" not in reasons

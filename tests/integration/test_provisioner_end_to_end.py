@@ -237,32 +237,3 @@ def test_sigterm_stops_creating_and_leaves_running_jobs_alone(platform: Platform
     )
     for done in (job, queued):
         platform.emulators["cloud"].world.complete_job(done, "success")
-
-
-def test_a_second_provisioner_takes_a_share_and_everything_when_the_first_dies(
-    platform: Platform,
-) -> None:
-    platform.wait(lambda: platform.lease_holder(new=True), 40, "the first provisioner leads")
-    platform.start("provision", name="standby")
-    first = str(platform.processes["provision"].pid)
-    standby = str(platform.processes["standby"].pid)
-
-    def pids() -> set[str]:
-        return {h.rsplit("-", 1)[-1] for h in platform.lease_holders().values()}
-
-    # The scale sets spread over both (per team), and the first hands over what it gives
-    # up before the standby takes it: no scale set is held by two at once.
-    platform.wait(lambda: pids() == {first, standby}, 40, "the scale sets shared")
-    job = platform.queue("web", ["self-hosted", "nvme"], "acme-corp/storefront")
-    platform.wait(lambda: job_status(platform, "cloud", job) == "in_progress", 60, "job started")
-    platform.emulators["cloud"].world.complete_job(job, "success")
-    # The first dies without a word; the standby takes its Leases once they expire.
-    platform.kill("provision")
-    holder = platform.wait(
-        lambda: platform.lease_holder(new=True, process="standby"), 60, "the standby leads"
-    )
-    assert holder.endswith(standby)
-    job = platform.queue("web", ["self-hosted", "nvme"], "acme-corp/storefront")
-    platform.wait(lambda: job_status(platform, "cloud", job) == "in_progress", 60, "job started")
-    assert "creating" in platform.log("standby")
-    platform.emulators["cloud"].world.complete_job(job, "success")

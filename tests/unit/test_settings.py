@@ -69,3 +69,18 @@ def test_reconciler_settings_are_read_and_checked() -> None:
         reconcile_settings(Settings.from_env({"RUNNER_PLATFORM_RECONCILE_BUDGET_PERCENT": "150"}))
     with pytest.raises(ValueError, match="RUNNER_PLATFORM_RECONCILE_MAX_CALLS='lots'"):
         Settings.from_env({"RUNNER_PLATFORM_RECONCILE_MAX_CALLS": "lots"})
+
+
+@pytest.mark.parametrize("bound", [0, -5])
+def test_a_queue_bound_below_one_is_refused_with_its_variable(bound: int) -> None:
+    import redis.asyncio as aioredis
+
+    from controller.ingest.store import IngestStore
+
+    with pytest.raises(ValueError, match=f"RUNNER_PLATFORM_QUEUE_BOUND={bound}"):
+        IngestStore(
+            aioredis.Redis.from_url("redis://127.0.0.1:9/0"),
+            dedupe_ttl=60,
+            audit_max=10,
+            queue_bound=bound,
+        )
