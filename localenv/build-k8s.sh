@@ -57,6 +57,7 @@ busy() {  # busy CMD...: run CMD in the background, saying now and then that it 
   done
   wait "$pid"
 }
+quiet() { "$@" >/dev/null 2>&1; }  # quiet CMD...: CMD's own output away, not busy's notes
 module_field() {  # module_field MODULE@VERSION FIELD: a field of `go mod download -json`
   go mod download -json "$1" | python3 -c '
 import json, sys
@@ -69,14 +70,14 @@ module_dir() { module_field "$1" Dir; }
 module_gomod() { module_field "$1" GoMod; }
 
 wrapper() {  # a throwaway module to build another module's commands from
-  rm -rf "$work/$1" && mkdir -p "$work/$1" && cd "$work/$1"
+  rm -rf "${work:?}/$1" && mkdir -p "$work/$1" && cd "$work/$1"
   go mod init "localenv.invalid/$1" >/dev/null 2>&1
 }
 
 echo "build-k8s: building the local control plane once into $DEST (10-20 min cold on 2 cores)" >&2
 step "etcd $ETCD_VERSION: download and build"
 wrapper etcd
-busy go get "go.etcd.io/etcd/server/v3@$ETCD_VERSION" >/dev/null 2>&1
+busy quiet go get "go.etcd.io/etcd/server/v3@$ETCD_VERSION"
 busy go build -trimpath -ldflags "-s -w" -o "$partial/bin/etcd" go.etcd.io/etcd/server/v3
 
 step "kwok $KWOK_VERSION: download and build"
@@ -114,7 +115,7 @@ done
 go mod edit -require="k8s.io/kubernetes@$K8S_VERSION"
 commands=(k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-scheduler
           k8s.io/kubernetes/cmd/kube-controller-manager)
-busy go get "${commands[@]/%/@$K8S_VERSION}" >/dev/null 2>&1
+busy quiet go get "${commands[@]/%/@$K8S_VERSION}"
 minor="${K8S_VERSION#v1.}"; minor="${minor%%.*}"
 ldflags="-s -w"
 for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do

@@ -337,12 +337,20 @@ def _security_args(pod: PodSpec, container: Mapping[str, Any]) -> list[str]:
         profile = context.get("seccompProfile", {"type": "RuntimeDefault"})
         if profile != {"type": "RuntimeDefault"}:  # podman's default profile is that
             raise UnsupportedField(f"seccompProfile {profile}")
-    user = security.get("runAsUser", pod_security.get("runAsUser"))
-    group = security.get("runAsGroup", pod_security.get("runAsGroup"))
+    # The container context may not set these (_CONTAINER_SECURITY): the pod's decide.
+    user = pod_security.get("runAsUser")
+    group = pod_security.get("runAsGroup")
     non_root = security.get("runAsNonRoot", pod_security.get("runAsNonRoot", False))
-    if non_root and not user:
+    if non_root and user is None:
         raise UnsupportedField("runAsNonRoot without a runAsUser: the image's USER decides")
-    args = [f"--user={user}:{group}" if group is not None else f"--user={user}"] if user else []
+    if non_root and user == 0:
+        raise UnsupportedField("runAsNonRoot with runAsUser 0: the kubelet refuses to start it")
+    # 0 is a user too (root): run as exactly what the manifest says, never the image's.
+    args = (
+        [f"--user={user}:{group}" if group is not None else f"--user={user}"]
+        if user is not None
+        else []
+    )
     if "fsGroup" in pod_security:  # the kubelet adds it to every container's groups
         args.append(f"--group-add={pod_security['fsGroup']}")
     if security.get("allowPrivilegeEscalation") is False:

@@ -44,7 +44,14 @@ def build(spec: PlatformSpec, prices: Any, run: Any, results: dict[str, Any]) ->
     denied_records = {
         (r.get("instance"), r.get("job_id")): r for r in audit if r.get("decision") == "denied"
     }
+    # Each problem under the check it fails (never found again by searching its words).
+    found: dict[str, list[str]] = {"served": [], "denied": [], "cap": []}
     problems: list[str] = []
+
+    def flag(check: str, message: str) -> None:
+        found[check].append(message)
+        problems.append(message)
+
     rerun_of = {(j["instance"], j["rerun_of"]): j for j in jobs if j["rerun_of"]}
     runners_seen: dict[str, int] = {}
     per_scale_set: dict[str, dict[str, Any]] = {}
@@ -69,9 +76,9 @@ def build(spec: PlatformSpec, prices: Any, run: Any, results: dict[str, Any]) ->
         record = denied_records.get((job["instance"], job["id"]))
         if not job["member"]:
             if record is None:
-                problems.append(f"job {job['id']} of non-member {job['requester']}: no denial")
+                flag("denied", f"job {job['id']} of non-member {job['requester']}: no denial")
             if job["runner"] is not None:
-                problems.append(f"job {job['id']} of non-member {job['requester']} got a runner")
+                flag("denied", f"job {job['id']} of non-member {job['requester']} got a runner")
             entry["denied"] += 1
             denied.append(
                 {
@@ -86,12 +93,13 @@ def build(spec: PlatformSpec, prices: Any, run: Any, results: dict[str, Any]) ->
             )
             continue
         if record is not None:
-            problems.append(f"job {job['id']} of member {job['requester']} was denied")
+            flag("denied", f"job {job['id']} of member {job['requester']} was denied")
         if job["runner"] is not None:
             if job["runner"] in runners_seen:
-                problems.append(
+                flag(
+                    "served",
                     f"runner {job['runner']} served jobs {runners_seen[job['runner']]} "
-                    f"and {job['id']}"
+                    f"and {job['id']}",
                 )
             runners_seen[job["runner"]] = job["id"]
         if job["status"] == "completed" and job["conclusion"] == "failure":
@@ -101,12 +109,13 @@ def build(spec: PlatformSpec, prices: Any, run: Any, results: dict[str, Any]) ->
                 {"job_id": job["id"], "runner": job["runner"], "rerun": again and again["id"]}
             )
             if again is None:
-                problems.append(f"job {job['id']} failed and was not re-run")
+                flag("served", f"job {job['id']} failed and was not re-run")
             continue
         if job["status"] != "completed" or job["conclusion"] != "success" or not job["runner"]:
-            problems.append(
+            flag(
+                "served",
                 f"job {job['id']} ({job['scale_set']}) ended {job['status']}/"
-                f"{job['conclusion']} with runner {job['runner']}"
+                f"{job['conclusion']} with runner {job['runner']}",
             )
             continue
         entry["served"] += 1
@@ -135,9 +144,10 @@ def build(spec: PlatformSpec, prices: Any, run: Any, results: dict[str, Any]) ->
         series = run.samples
         peak_per_node = max((n["peak_runners"] for n in nodes), default=0)
         if peak_per_node > pool.max_runners_per_node:
-            problems.append(
+            flag(
+                "cap",
                 f"pool {pool.name}: {peak_per_node} runners on one node, cap "
-                f"{pool.max_runners_per_node}"
+                f"{pool.max_runners_per_node}",
             )
         pools[pool.name] = {
             "cap_runners_per_node": pool.max_runners_per_node,
@@ -196,15 +206,13 @@ def build(spec: PlatformSpec, prices: Any, run: Any, results: dict[str, Any]) ->
         fault["recovered_after_s"] = (
             round(max(last - (run.start + fault["at_s"]), 0.0), 1) if affected else 0.0
         )
-        fault["served_exactly_once"] = not [p for p in problems if "runner" in p or "ended" in p]
+        fault["served_exactly_once"] = not found["served"]
     created = sum(1 for r in audit if r.get("decision") == "runner-created")
     served = sum(s["served"] for s in per_scale_set.values())
     checks = {
-        "every_member_job_served_once": not [
-            p for p in problems if "ended" in p or "served jobs" in p or "not re-run" in p
-        ],
-        "non_members_denied": not [p for p in problems if "non-member" in p or "was denied" in p],
-        "runners_per_node_within_cap": not [p for p in problems if "on one node" in p],
+        "every_member_job_served_once": not found["served"],
+        "non_members_denied": not found["denied"],
+        "runners_per_node_within_cap": not found["cap"],
         "problems": problems,
     }
     checks["ok"] = not problems

@@ -18,6 +18,7 @@ capacity type and zone at its price.
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -142,7 +143,12 @@ def load_prices(path: Path = PRICES) -> PriceTable:
                     raise StackObjectError(f"{where}.{field}: missing")
                 continue
             numeric = isinstance(value, int | float) and not isinstance(value, bool)
-            if not numeric or value < 0 or (kind is int and not isinstance(value, int)):
+            if (
+                not numeric
+                or not math.isfinite(value)
+                or value < 0
+                or (kind is int and not isinstance(value, int))
+            ):
                 raise StackObjectError(f"{where}.{field}: {value!r} is not a {kind.__name__} ≥ 0")
             values[field] = value
         values.setdefault("spot", round(values["on_demand"] * factor, 5))

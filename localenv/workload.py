@@ -20,6 +20,7 @@ Every error names the file, the entry and the field: ``w.yaml: jobs[3].duration:
 
 from __future__ import annotations
 
+import math
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +28,7 @@ from typing import Any
 
 import yaml
 
-from controller.model import PlatformSpec
+from controller.model import PlatformSpec, ScaleSet
 
 DEFAULT_MEMBERS = {"web": ("alice", "ana"), "ml": ("rob", "mia"), "infra": ("sam",)}
 JOB_FIELDS = {"team", "repo", "labels", "requester", "at", "duration", "count", "every"}
@@ -47,10 +48,7 @@ class WorkloadJob:
     at: float
     duration: float
     scale_set: str  # where the platform routes it (controller.ingest.routing)
-
-    @property
-    def pool(self) -> str:
-        return self.scale_set.split("-", 1)[1] if "-" in self.scale_set else ""
+    pool: str  # that scale set's pool (a team name may hold '-': never split the name)
 
 
 @dataclass(frozen=True)
@@ -67,7 +65,7 @@ class Workload:
         return max((j.at for j in self.jobs), default=0.0)
 
 
-def _route(spec: PlatformSpec, team_name: str, repo: str, labels: list[str]) -> str | None:
+def _route(spec: PlatformSpec, team_name: str, repo: str, labels: list[str]) -> ScaleSet | None:
     from controller.ingest.events import WorkflowJobEvent
     from controller.ingest.routing import Router
 
@@ -82,13 +80,13 @@ def _route(spec: PlatformSpec, team_name: str, repo: str, labels: list[str]) -> 
         }
     )
     route = Router(spec).route(team.instance, event)
-    return None if route is None else route.scale_set.name
+    return None if route is None else route.scale_set
 
 
 def _number(where: str, value: Any, *, positive: bool) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise WorkloadError(f"{where}: a number of seconds, not {value!r}")
-    if value < 0 or (positive and value == 0):
+    if not math.isfinite(value) or value < 0 or (positive and value == 0):
         raise WorkloadError(f"{where}: must be {'> 0' if positive else '≥ 0'}, not {value}")
     return float(value)
 
@@ -168,7 +166,15 @@ def parse(document: Any, spec: PlatformSpec, source: str) -> Workload:
         for n in range(count):
             jobs.append(
                 WorkloadJob(
-                    index, team, repo, tuple(labels), requester, at + n * every, duration, scale_set
+                    index,
+                    team,
+                    repo,
+                    tuple(labels),
+                    requester,
+                    at + n * every,
+                    duration,
+                    scale_set.name,
+                    scale_set.pool,
                 )
             )
     jobs.sort(key=lambda j: (j.at, j.index))

@@ -159,6 +159,10 @@ def test_a_bad_workload_file_is_refused_naming_file_entry_and_field(tmp_path: Pa
         (lambda j: j.update(count=0), "jobs[0].count: a whole number from 1 to 10000"),
         (lambda j: j.update(colour="red"), "jobs[0].colour: unknown field"),
         (lambda j: j.update(repo="acme-corp/infra-secrets"), "not one of team web's repositories"),
+        # Not a number of seconds at all: the replay would never reach it, nor time out.
+        (lambda j: j.update(at=float("nan")), "jobs[0].at: must be ≥ 0, not nan"),
+        (lambda j: j.update(duration=float("inf")), "jobs[0].duration: must be > 0, not inf"),
+        (lambda j: j.update(every=float("nan")), "jobs[0].every: must be ≥ 0, not nan"),
     ],
 )
 def test_workload_validation(change: Any, message: str) -> None:
@@ -249,6 +253,12 @@ def test_a_bad_price_table_names_its_entry(tmp_path: Path) -> None:
     assert f"{table}: instance_types.m7i.4xlarge.on_demand: 'free' is not a float" in str(
         error.value
     )
+    # NaN would reach Karpenter's instance types file as a price, and every cost after it.
+    table.write_text(
+        "instance_types:\n  m7i.4xlarge: {vcpu: 16, memory_gib: 64, on_demand: .nan}\n"
+    )
+    with pytest.raises(stack_objects.StackObjectError, match="on_demand: nan is not a float"):
+        stack_objects.load_prices(table)
 
 
 def test_the_publisher_sends_per_team_figures_that_moto_gives_back(moto_server: Moto) -> None:
@@ -311,3 +321,27 @@ def test_the_publisher_sends_per_team_figures_that_moto_gives_back(moto_server: 
 def test_the_publisher_refuses_an_aws_namespace() -> None:
     with pytest.raises(ValueError, match="AWS/"):
         CloudWatchPublisher("AWS/EC2", Metrics(), {}, lambda _: True)
+
+
+def test_a_jobs_pool_is_its_scale_sets_even_when_the_team_name_has_a_hyphen() -> None:
+    from controller.model import load_spec
+    from tests.conftest import DEV_DOCUMENT
+
+    document = copy.deepcopy(DEV_DOCUMENT)
+    for team in document["teams"]:
+        if team["name"] == "web":
+            team["name"] = "web-ui"  # scale set 'web-ui-warm': splitting it says 'ui-warm'
+    for pool in document["pools"]:
+        if "web" in pool.get("shares", {}):
+            pool["shares"]["web-ui"] = pool["shares"].pop("web")
+    spec = load_spec(document)
+    entry = {
+        "team": "web-ui",
+        "repo": "acme-corp/storefront",
+        "labels": ["self-hosted", "linux"],
+        "requester": "alice",
+        "at": 0,
+        "duration": 5,
+    }
+    (job,) = workload.parse({"jobs": [entry]}, spec, "w.yaml").jobs
+    assert (job.scale_set, job.pool) == ("web-ui-warm", "warm")
