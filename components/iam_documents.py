@@ -26,13 +26,6 @@ def oidc_provider_arn(account_id: str, issuer: str, partition: str = "aws") -> s
     return f"arn:{partition}:iam::{account_id}:oidc-provider/{issuer_host_path(issuer)}"
 
 
-def subject_patterns(instance: GitHubInstance, team: Team) -> list[str]:
-    """The ``sub`` values a team's role trusts (components/oidc_subjects.py): each of its
-    repositories in the plain form and, on github.com, the id form with the org id (and an
-    exact repository's id) pinned; every context, or only the team's allowlist."""
-    return team_subjects(instance, team).allow
-
-
 def github_runner_trust_policy(
     instance: GitHubInstance, team: Team, account_id: str, partition: str = "aws"
 ) -> Document:

@@ -20,10 +20,6 @@ def mount_path(instance_name: str) -> str:
     return f"jwt-{instance_name}"
 
 
-def team_policy_name(team: Team) -> str:
-    return f"runner-{team.name}"
-
-
 # The Vault entity of a job is its repository (``user_claim``), so the entity alias never
 # changes between logins and a policy template over its metadata scopes secrets per
 # repository. (With ``actor``, one person's concurrent jobs in two repositories would share
@@ -112,14 +108,14 @@ def vault_config(spec: PlatformSpec) -> dict[str, Any]:
                 "boundAudiences": [vault.audience],
                 "boundClaimsType": "glob",
                 "boundClaims": bound_claims(spec, team),
-                "tokenPolicies": [team_policy_name(team), *team.vault_policies],
+                "tokenPolicies": [team.vault_policy, *team.vault_policies],
                 "tokenTtl": vault.token_ttl_seconds,
                 "tokenMaxTtl": vault.token_max_ttl_seconds,
             }
             for team in spec.teams
         ],
         "policies": [
-            {"name": team_policy_name(team), "policy": team_policy_hcl(team)} for team in spec.teams
+            {"name": team.vault_policy, "policy": team_policy_hcl(team)} for team in spec.teams
         ],
     }
 

@@ -23,7 +23,13 @@ from controller.model.base import (
     TeamSlug,
 )
 from controller.model.containers import BUILDKIT_IMAGE, DIND_IMAGE, ContainerMode
-from controller.model.trust import EnvironmentName, GitHubId, RefPattern, glob_shape_problem
+from controller.model.trust import (
+    VAULT_POLICY_PREFIX,
+    EnvironmentName,
+    GitHubId,
+    RefPattern,
+    glob_shape_problem,
+)
 
 
 class RunnerResources(Frozen):
@@ -163,6 +169,12 @@ class Team(Frozen):
     @property
     def namespace(self) -> str:
         return f"runners-{self.name}"
+
+    @property
+    def vault_policy(self) -> str:
+        """The team's own Vault policy, which its role always carries (the model refuses it
+        and every other ``runner-*`` name in ``vault_policies``)."""
+        return f"{VAULT_POLICY_PREFIX}{self.name}"
 
     def claims_repository(self, repository: str) -> bool:
         """Whether ``org/repo`` is one of this team's (globs match; GitHub names are caseless)."""

@@ -37,13 +37,17 @@ VAULT_POLICY_PREFIX = "runner-"
 VAULT_SUPERUSER_POLICY = "root"
 
 
-def _not_bool(value: Any) -> Any:
+def _whole_number(value: Any) -> Any:
+    # YAML's true/false, or a string pydantic would read leniently ("7_0_0" is 700): an id
+    # is pinned into trust policies, so only a whole number written as one is an id.
     if isinstance(value, bool):
         raise ValueError(f"{str(value).lower()} is not a GitHub id (a number)")
+    if not isinstance(value, int):
+        raise ValueError(f"{value!r} is not a GitHub id (a number)")
     return value
 
 
-GitHubId = Annotated[int, BeforeValidator(_not_bool), Field(ge=1, le=2**53)]
+GitHubId = Annotated[int, BeforeValidator(_whole_number), Field(ge=1, le=2**53)]
 """GitHub's numeric id of an org or repository (``gh api orgs/ORG --jq .id``)."""
 
 
@@ -233,7 +237,7 @@ _VAULT_POLICY_NAME = re.compile(r"[a-z0-9][a-z0-9._-]*")
 
 
 def _vault_policy_problems(teams: Sequence[Team]) -> list[str]:
-    owners = {f"{VAULT_POLICY_PREFIX}{t.name}": t.name for t in teams}
+    owners = {t.vault_policy: t.name for t in teams}
     problems: list[str] = []
     for t_index, team in enumerate(teams):
         for p_index, given in enumerate(team.vault_policies):

@@ -59,6 +59,12 @@ REFUSED: list[tuple[str, Mutation, str]] = [
         "github_instances[0].org_ids.acme-corp: true is not a GitHub id (a number)",
     ),
     (
+        # Read leniently this would pin org 700 into every trust policy.
+        "org id as a string with underscores",
+        lambda d: d["github_instances"][0]["org_ids"].update({"acme-corp": "7_0_0"}),
+        "github_instances[0].org_ids.acme-corp: '7_0_0' is not a GitHub id (a number)",
+    ),
+    (
         "two orgs, one id",
         lambda d: d["github_instances"][1]["org_ids"].update({"research": 1728715}),
         "github_instances[1].org_ids.research: 1728715 is also the id of 'platform'; two orgs "
