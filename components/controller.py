@@ -146,7 +146,5 @@ class ControllerDeployment(pulumi.ComponentResource):
             ),
         )
         self.role_name = role.name
-        self.webhook_urls = {
-            i.name: spec.webhook_url(i.name) for i in spec.github_instances
-        }
+        self.webhook_urls = {i.name: spec.webhook_url(i.name) for i in spec.github_instances}
         self.register_outputs({"webhook_urls": self.webhook_urls, "role": self.role_name})

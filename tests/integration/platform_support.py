@@ -50,6 +50,39 @@ def kwok_spec() -> PlatformSpec:
     return load_spec(document)
 
 
+def module_platform(
+    request: Any,
+    name: str,
+    *,
+    redis_url: str | None = None,
+    proxy: Any = None,
+    **options: Any,
+) -> Iterator[Platform]:
+    """A test module's platform on the session's cluster (KWOK nodes), Redis (or
+    ``redis_url``), GitHub emulators and runner stand-in; with ``proxy`` (a
+    ``localenv.fault_proxy.FaultProxy``) the processes reach Kubernetes through it, as the
+    controller does. ``options`` go to :func:`running_platform`."""
+    fixture = request.getfixturevalue
+    fixture("runner_standin")  # plays the runner binary in the KWOK pods
+    configure = options.pop("configure", None)
+
+    def through_proxy(platform: Platform) -> None:
+        if proxy is not None:
+            kubeconfig = platform.kubeconfig_via(proxy.url)
+            platform.extra_env["RUNNER_PLATFORM_KUBECONFIG"] = str(kubeconfig)
+        if configure is not None:
+            configure(platform)
+
+    yield from running_platform(
+        fixture("kube_nodes"),
+        redis_url or fixture("redis_server").url,
+        {"cloud": fixture("github_cloud"), "ghes": fixture("github_ghes")},
+        fixture("tmp_path_factory").mktemp(name),
+        configure=through_proxy,
+        **options,
+    )
+
+
 def running_platform(
     kube: ControlPlane,
     redis_url: str,

@@ -33,13 +33,10 @@ from kubernetes import client
 from prometheus_client.parser import text_string_to_metric_families
 
 from controller.model import PlatformSpec, load_spec
-from localenv.github import GitHubEmulator
 from localenv.kube import ControlPlane
 from localenv.process import free_port
-from localenv.runner_standin import RunnerStandIn
-from localenv.services import Redis
 from tests.conftest import DEV_DOCUMENT
-from tests.integration.platform_support import Platform, running_platform
+from tests.integration.platform_support import Platform, module_platform
 
 JOBS = 500  # per team, as issue 10 asks
 JOB_SECONDS = 8.0  # how long a job runs once a runner took it
@@ -74,19 +71,10 @@ def fair_share_spec() -> PlatformSpec:
 
 
 @pytest.fixture(scope="module")
-def platform(
-    kube_nodes: ControlPlane,
-    redis_server: Redis,
-    github_cloud: GitHubEmulator,
-    github_ghes: GitHubEmulator,
-    runner_standin: RunnerStandIn,
-    tmp_path_factory: pytest.TempPathFactory,
-) -> Iterator[Platform]:
-    yield from running_platform(
-        kube_nodes,
-        redis_server.url,
-        {"cloud": github_cloud, "ghes": github_ghes},
-        tmp_path_factory.mktemp("fair-share"),
+def platform(request: pytest.FixtureRequest, kube_nodes: ControlPlane) -> Iterator[Platform]:
+    yield from module_platform(
+        request,
+        "fair-share",
         spec=fair_share_spec(),
         nodes_per_pool={"warm": NODES},
         extra_env={

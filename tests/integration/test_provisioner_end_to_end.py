@@ -12,31 +12,14 @@ from collections.abc import Iterator
 import pytest
 
 from controller.streams import pending_key
-from localenv.github import GitHubEmulator
-from localenv.kube import ControlPlane
-from localenv.runner_standin import RunnerStandIn
-from localenv.services import Redis
-from tests.integration.platform_support import ROLE_ARNS, Platform, job_status, running_platform
+from tests.integration.platform_support import ROLE_ARNS, Platform, job_status, module_platform
 
 WEB = ["self-hosted", "linux"]
 
 
 @pytest.fixture(scope="module")
-def platform(
-    kube_nodes: ControlPlane,
-    redis_server: Redis,
-    github_cloud: GitHubEmulator,
-    github_ghes: GitHubEmulator,
-    runner_standin: RunnerStandIn,
-    tmp_path_factory: pytest.TempPathFactory,
-) -> Iterator[Platform]:
-    yield from running_platform(
-        kube_nodes,
-        redis_server.url,
-        {"cloud": github_cloud, "ghes": github_ghes},
-        tmp_path_factory.mktemp("platform"),
-        extra_env={"RUNNER_PLATFORM_IDLE_GRACE": "1"},
-    )
+def platform(request: pytest.FixtureRequest) -> Iterator[Platform]:
+    yield from module_platform(request, "platform", extra_env={"RUNNER_PLATFORM_IDLE_GRACE": "1"})
 
 
 def _idle_web(platform: Platform) -> list[str]:

@@ -25,9 +25,7 @@ from localenv.fault_proxy import FaultProxy
 from localenv.github import GitHubEmulator
 from localenv.kube import ControlPlane
 from localenv.process import free_port
-from localenv.runner_standin import RunnerStandIn
-from localenv.services import Redis
-from tests.integration.platform_support import Platform, job_status, running_platform
+from tests.integration.platform_support import Platform, job_status, module_platform
 
 NVME = ["self-hosted", "nvme"]
 SCALE_SET = "web-nvme"
@@ -47,30 +45,16 @@ def proxy(kube_nodes: ControlPlane) -> Iterator[FaultProxy]:
 
 
 @pytest.fixture(scope="module")
-def platform(
-    kube_nodes: ControlPlane,
-    redis_server: Redis,
-    github_cloud: GitHubEmulator,
-    github_ghes: GitHubEmulator,
-    runner_standin: RunnerStandIn,
-    proxy: FaultProxy,
-    tmp_path_factory: pytest.TempPathFactory,
-) -> Iterator[Platform]:
-    def through_proxy(platform: Platform) -> None:
-        # Only the provisioner talks to Kubernetes: through the proxy, as the controller.
-        kubeconfig = platform.kubeconfig_via(proxy.url)
-        platform.extra_env["RUNNER_PLATFORM_KUBECONFIG"] = str(kubeconfig)
-
-    for platform in running_platform(
-        kube_nodes,
-        redis_server.url,
-        {"cloud": github_cloud, "ghes": github_ghes},
-        tmp_path_factory.mktemp("faults"),
+def platform(request: pytest.FixtureRequest, proxy: FaultProxy) -> Iterator[Platform]:
+    # Only the provisioner talks to Kubernetes: through the proxy, as the controller.
+    for platform in module_platform(
+        request,
+        "faults",
+        proxy=proxy,
         extra_env={
             "RUNNER_PLATFORM_PROVISION_METRICS_PORT": str(free_port()),
             "RUNNER_PLATFORM_REAP_INTERVAL": "4",  # a lost JIT reply's registration: reaped
         },
-        configure=through_proxy,
     ):
         platform.wait_live("web-warm", 2)  # web's min_idle runners
         yield platform

@@ -24,13 +24,11 @@ import pytest
 from controller.audit import iter_records
 from controller.model import load_spec
 from localenv.fault_proxy import FaultProxy
-from localenv.github import GitHubEmulator
 from localenv.github.state import NotFound
 from localenv.kube import ControlPlane
-from localenv.runner_standin import RunnerStandIn
 from localenv.services import Redis
 from tests.conftest import DEV_DOCUMENT
-from tests.integration.platform_support import Platform, job_status, running_platform
+from tests.integration.platform_support import Platform, job_status, module_platform
 
 WARM = ["self-hosted", "linux"]
 REPO = "acme-corp/storefront"
@@ -71,22 +69,13 @@ def aof_redis() -> Iterator[Redis]:
 
 @pytest.fixture(scope="module")
 def platform(
-    kube_nodes: ControlPlane,
-    aof_redis: Redis,
-    github_cloud: GitHubEmulator,
-    github_ghes: GitHubEmulator,
-    runner_standin: RunnerStandIn,
-    proxy: FaultProxy,
-    tmp_path_factory: pytest.TempPathFactory,
+    request: pytest.FixtureRequest, aof_redis: Redis, proxy: FaultProxy
 ) -> Iterator[Platform]:
-    def through_proxy(platform: Platform) -> None:
-        platform.extra_env["RUNNER_PLATFORM_KUBECONFIG"] = str(platform.kubeconfig_via(proxy.url))
-
-    yield from running_platform(
-        kube_nodes,
-        aof_redis.url,
-        {"cloud": github_cloud, "ghes": github_ghes},
-        tmp_path_factory.mktemp("ha"),
+    yield from module_platform(
+        request,
+        "ha",
+        redis_url=aof_redis.url,
+        proxy=proxy,
         spec=_spec(),
         extra_env={
             "RUNNER_PLATFORM_IDLE_GRACE": "1",
@@ -99,7 +88,6 @@ def platform(
             # none. The pacing has its own tests (test_provisioner_faults.py).
             "RUNNER_PLATFORM_GITHUB_POINTS": "0",
         },
-        configure=through_proxy,
     )
 
 

@@ -21,31 +21,14 @@ from controller.provision.provisioner import Provisioner, Tuning
 from controller.provision.reaper import Reaper
 from controller.settings import Settings
 from controller.wiring import github_clients
-from localenv.github import GitHubEmulator
-from localenv.kube import ControlPlane
-from localenv.runner_standin import RunnerStandIn
-from localenv.services import Redis
-from tests.integration.platform_support import Platform, running_platform
+from tests.integration.platform_support import Platform, module_platform
 
 T = TypeVar("T")
 
 
 @pytest.fixture(scope="module")
-def platform(
-    kube_nodes: ControlPlane,
-    redis_server: Redis,
-    github_cloud: GitHubEmulator,
-    github_ghes: GitHubEmulator,
-    runner_standin: RunnerStandIn,
-    tmp_path_factory: pytest.TempPathFactory,
-) -> Iterator[Platform]:
-    yield from running_platform(
-        kube_nodes,
-        redis_server.url,
-        {"cloud": github_cloud, "ghes": github_ghes},
-        tmp_path_factory.mktemp("reaper"),
-        start=False,  # the reaper runs in-process here
-    )
+def platform(request: pytest.FixtureRequest) -> Iterator[Platform]:
+    yield from module_platform(request, "reaper", start=False)  # the reaper runs in-process
 
 
 def run_with(

@@ -22,24 +22,14 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from controller.audit import AUDIT_STREAM
 from localenv.github import GitHubEmulator
-from localenv.kube import ControlPlane
-from localenv.runner_standin import RunnerStandIn
-from localenv.services import Redis
-from tests.integration.platform_support import Platform, running_platform
+from tests.integration.platform_support import Platform, module_platform
 
 NVME = ["self-hosted", "nvme"]
 REPO = "acme-corp/storefront"
 
 
 @pytest.fixture(scope="module")
-def platform(
-    kube_nodes: ControlPlane,
-    redis_server: Redis,
-    github_cloud: GitHubEmulator,
-    github_ghes: GitHubEmulator,
-    runner_standin: RunnerStandIn,
-    tmp_path_factory: pytest.TempPathFactory,
-) -> Iterator[Platform]:
+def platform(request: pytest.FixtureRequest) -> Iterator[Platform]:
     def forget_old_hooks(platform: Platform) -> None:
         # The session's emulators keep the hooks of earlier modules' routers, long gone:
         # each delivery to them fails, and this module counts failed deliveries.
@@ -48,11 +38,9 @@ def platform(
                 emulator.world.hooks.clear()
                 emulator.world.hook_orgs.clear()
 
-    yield from running_platform(
-        kube_nodes,
-        redis_server.url,
-        {"cloud": github_cloud, "ghes": github_ghes},
-        tmp_path_factory.mktemp("reconciler"),
+    yield from module_platform(
+        request,
+        "reconciler",
         extra_env={
             "RUNNER_PLATFORM_RECONCILE_SECONDS": "2",
             "RUNNER_PLATFORM_RECONCILE_GRACE": "4",

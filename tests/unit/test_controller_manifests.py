@@ -136,9 +136,7 @@ def test_ingress_exposes_only_each_instances_webhook_path(dev_spec: PlatformSpec
         "/webhooks/github/cloud",
         "/webhooks/github/ghes",
     ]
-    assert (
-        dev_spec.webhook_url("ghes") == "https://runners-dev.acme.example/webhooks/github/ghes"
-    )
+    assert dev_spec.webhook_url("ghes") == "https://runners-dev.acme.example/webhooks/github/ghes"
 
 
 def test_namespaces_come_before_what_lives_in_them(dev_spec: PlatformSpec) -> None:
