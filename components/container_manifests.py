@@ -19,6 +19,7 @@ from typing import Any
 from components.k8s_objects import Manifest
 from controller.model import (
     BUILDKIT_PORT,
+    CILIUM_STARTUP_TAINT,
     CONTAINER_MODE_LABEL,
     HOOK_MODES,
     HOOK_PODS_PER_RUNNER,
@@ -503,12 +504,47 @@ def _cel_map(values: dict[str, list[str]]) -> str:
     return json.dumps({key: sorted(value) for key, value in sorted(values.items())})
 
 
+# What Pod Security "baseline" allows (runners-web and runners-ml run at "privileged" for
+# buildkit and dind, so the admission policy holds these lines there).
+BASELINE_SYSCTLS = (
+    "kernel.shm_rmid_forced",
+    "net.ipv4.ip_local_port_range",
+    "net.ipv4.ip_unprivileged_port_start",
+    "net.ipv4.tcp_syncookies",
+    "net.ipv4.ping_group_range",
+    "net.ipv4.ip_local_reserved_ports",
+    "net.ipv4.tcp_keepalive_time",
+    "net.ipv4.tcp_fin_timeout",
+    "net.ipv4.tcp_keepalive_intvl",
+    "net.ipv4.tcp_keepalive_probes",
+)
+BASELINE_SELINUX_TYPES = (
+    "container_t",
+    "container_init_t",
+    "container_kvm_t",
+    "container_engine_t",
+)
+
+
+def _selinux_baseline(options: str) -> str:
+    """CEL: SELinux options at ``options`` (a securityContext's seLinuxOptions) as baseline
+    allows them: a type from its list or none, and no custom user or role."""
+    types = json.dumps(["", *BASELINE_SELINUX_TYPES])
+    return (
+        f"!has({options}) || ((!has({options}.type) || {options}.type in {types}) && "
+        f"(!has({options}.user) || {options}.user == '') && "
+        f"(!has({options}.role) || {options}.role == ''))"
+    )
+
+
 def admission_policy(spec: PlatformSpec) -> list[Manifest]:
     """Every pod created in a runner namespace, whoever creates it (the provisioner, the
-    hooks with the runner's token, a workflow that found that token), stays on its team's
-    pools, uses no host namespace, port or path, and is privileged (or unconfined) only
-    where the team's mode needs it: dind on the team's own isolated pool, buildkitd on a
-    buildkit pool."""
+    hooks with the runner's token, a workflow that found that token), and every ephemeral
+    container added to one, stays on its team's pools, tolerates neither another pool's
+    taint nor Cilium's startup taint, uses no host namespace, port or path, keeps Pod
+    Security baseline's procMount, sysctl and SELinux lines, and is privileged (or
+    unconfined) only where the team's mode needs it: dind on the team's own isolated pool,
+    buildkitd on a buildkit pool."""
     pools = {team.name: list(team.pools) for team in spec.teams}
     privileged = {
         team.name: [name for name in team.pools if team.mode_on(name) == "dind"]
@@ -553,7 +589,8 @@ def admission_policy(spec: PlatformSpec) -> list[Manifest]:
             "message": "pods in runner namespaces may not use host ports",
         },
         {
-            "expression": "!has(object.spec.nodeName)",
+            # A scheduled pod has its nodeName; only a new pod may not name one.
+            "expression": "request.operation != 'CREATE' || !has(object.spec.nodeName)",
             "message": "pods in runner namespaces are placed by the scheduler (no nodeName)",
         },
         {
@@ -563,11 +600,12 @@ def admission_policy(spec: PlatformSpec) -> list[Manifest]:
         },
         {
             "expression": "!has(object.spec.tolerations) || object.spec.tolerations.all(t, "
-            f"has(t.key) && (t.key != '{POOL_TAINT_KEY}' || "
+            f"has(t.key) && t.key != '' && t.key != '{CILIUM_STARTUP_TAINT}' && "
+            f"(t.key != '{POOL_TAINT_KEY}' || "
             "(has(t.value) && t.value in variables.pools && "
             "(!has(t.operator) || t.operator == 'Equal'))))",
             "message": "pods in runner namespaces tolerate only their own team's pool taints "
-            "(no wildcard tolerations)",
+            f"(no wildcard tolerations, not Cilium's startup taint {CILIUM_STARTUP_TAINT})",
         },
         {
             "expression": f"variables.privileged || variables.containers.all(c, {unprivileged})",
@@ -581,6 +619,26 @@ def admission_policy(spec: PlatformSpec) -> list[Manifest]:
             f"variables.pool in variables.buildkitPools) || ({confined})))",
             "message": "seccomp and AppArmor stay confined, except for buildkitd on a buildkit "
             "pool and dind on an isolated dind pool",
+        },
+        {
+            "expression": f"variables.containers.all(c, !has({sc}) || "
+            f"!has({sc}.procMount) || {sc}.procMount == 'Default')",
+            "message": "pods in runner namespaces keep the default /proc mask (procMount "
+            "Default), as Pod Security baseline requires",
+        },
+        {
+            "expression": f"!has({pod_sc}) || !has({pod_sc}.sysctls) || "
+            f"{pod_sc}.sysctls.all(s, s.name in {json.dumps(list(BASELINE_SYSCTLS))})",
+            "message": "pods in runner namespaces set only the sysctls Pod Security baseline "
+            "allows: " + ", ".join(BASELINE_SYSCTLS),
+        },
+        {
+            "expression": f"(!has({pod_sc}) || {_selinux_baseline(f'{pod_sc}.seLinuxOptions')})"
+            f" && variables.containers.all(c, !has({sc}) || "
+            f"{_selinux_baseline(f'{sc}.seLinuxOptions')})",
+            "message": "pods in runner namespaces use only the SELinux types Pod Security "
+            "baseline allows (" + ", ".join(BASELINE_SELINUX_TYPES) + ") and no custom "
+            "SELinux user or role",
         },
     ]
     policy: Manifest = {
@@ -596,7 +654,14 @@ def admission_policy(spec: PlatformSpec) -> list[Manifest]:
                         "apiVersions": ["v1"],
                         "operations": ["CREATE"],
                         "resources": ["pods"],
-                    }
+                    },
+                    # kubectl debug and the like add containers to a running pod.
+                    {
+                        "apiGroups": [""],
+                        "apiVersions": ["v1"],
+                        "operations": ["UPDATE"],
+                        "resources": ["pods/ephemeralcontainers"],
+                    },
                 ]
             },
             "variables": [
@@ -619,7 +684,8 @@ def admission_policy(spec: PlatformSpec) -> list[Manifest]:
                 {
                     "name": "containers",
                     "expression": "object.spec.containers + (has(object.spec.initContainers) ? "
-                    "object.spec.initContainers : [])",
+                    "object.spec.initContainers : []) + (has(object.spec.ephemeralContainers) ? "
+                    "object.spec.ephemeralContainers : [])",
                 },
             ],
             "validations": validations,

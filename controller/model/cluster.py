@@ -33,6 +33,16 @@ def as_ipv4_equivalent(network: IpNetwork) -> IpNetwork:
     return network
 
 
+def contains_all_ipv4_mapped(network: IpNetwork) -> bool:
+    """Whether an IPv6 block wider than ``::ffff:0:0/96`` holds every IPv4-mapped address
+    (``::/64``, ``::fffe:0:0/95``): it reaches all of IPv4 besides its own IPv6 range."""
+    return (
+        isinstance(network, ipaddress.IPv6Network)
+        and network.prefixlen < _IPV4_MAPPED.prefixlen
+        and network.supernet_of(_IPV4_MAPPED)
+    )
+
+
 def whole_space_covered(networks: Iterable[IpNetwork]) -> list[int]:
     """The IP versions (4, 6) whose every address some block of ``networks`` contains."""
     covered = []
@@ -50,7 +60,8 @@ def open_cidr_problems(field: str, cidrs: Iterable[str]) -> list[str]:
     """Why a public endpoint's CIDR list opens the API too widely, one line per problem.
 
     Each block is parsed (IPv4 and IPv6; an IPv4-mapped IPv6 block counts as the IPv4
-    block it maps) and refused when its prefix is shorter than :data:`MIN_PUBLIC_PREFIX`;
+    block it maps, and an IPv6 block holding all of ``::ffff:0:0/96`` as all of IPv4) and
+    refused when its prefix is shorter than :data:`MIN_PUBLIC_PREFIX`;
     the set is refused when the union of its blocks is a whole address space, however it
     is cut (``0.0.0.0/1`` + ``128.0.0.0/1``, four ``/2``, ``::/0``).
     """
@@ -63,6 +74,12 @@ def open_cidr_problems(field: str, cidrs: Iterable[str]) -> list[str]:
             problems.append(f"{field}[{index}]: '{cidr}' is not a CIDR block")
             continue
         networks.append(network)
+        if contains_all_ipv4_mapped(network):
+            problems.append(
+                f"{field}[{index}]: '{cidr}' contains every IPv4-mapped address "
+                f"({_IPV4_MAPPED}), so it covers every IPv4 address (as 0.0.0.0/0 does): "
+                "that opens the API to the internet"
+            )
         shortest = MIN_PUBLIC_PREFIX[network.version]
         if 0 < network.prefixlen < shortest:
             problems.append(
@@ -80,6 +97,29 @@ def open_cidr_problems(field: str, cidrs: Iterable[str]) -> list[str]:
                 f"{field}: {listed} together cover every IPv{version} address "
                 f"(as {everything} does): that opens the API to the internet"
             )
+    return problems
+
+
+def cidr_list_problems(field: str, cidrs: Iterable[str]) -> list[str]:
+    """Why a VPC's block list would not say what runner egress excludes: a block listed
+    twice, or an IPv4-mapped IPv6 block (VPCs have none; egress rules would drop it)."""
+    problems: list[str] = []
+    seen: dict[IpNetwork, int] = {}
+    for index, cidr in enumerate(cidrs):
+        network = ipaddress.ip_network(cidr)
+        if isinstance(network, ipaddress.IPv6Network) and network.overlaps(_IPV4_MAPPED):
+            problems.append(
+                f"{field}[{index}]: '{cidr}' is an IPv4-mapped IPv6 block; list the IPv4 block "
+                f"'{as_ipv4_equivalent(network)}' itself (a VPC has no IPv4-mapped blocks)"
+                if network.subnet_of(_IPV4_MAPPED)
+                else f"{field}[{index}]: '{cidr}' holds the IPv4-mapped range {_IPV4_MAPPED}; "
+                "a VPC has no IPv4-mapped blocks"
+            )
+        if network in seen:
+            problems.append(
+                f"{field}[{index}]: '{cidr}' is listed twice (first at index {seen[network]})"
+            )
+        seen.setdefault(network, index)
     return problems
 
 
@@ -119,6 +159,9 @@ class VpcSettings(Frozen):
                     "an existing VPC needs 'cidrs': every CIDR block of the VPC (primary and "
                     "secondary), so runner egress excludes all of it"
                 )
+            problems = cidr_list_problems("cidrs", self.cidrs)
+            if problems:
+                raise ValueError("\n".join(problems))
             if not any(ipaddress.ip_network(c).version == 4 for c in self.cidrs):
                 raise ValueError(
                     "cidrs: lists no IPv4 block, yet every VPC has one (its primary block): "

@@ -10,6 +10,7 @@ from pydantic import (
 )
 
 from controller.model.base import (
+    CILIUM_STARTUP_TAINT,
     GPU_TAINT_KEY,
     MAX_RUNNERS_PER_NODE,
     PLATFORM_DOMAIN,
@@ -132,6 +133,20 @@ class Pool(Frozen):
             "platform reserves (it sets the pool taints itself)"
             for index, taint in enumerate(self.taints)
             if in_platform_domain(taint.key)
+        ]
+        problems += [
+            f"taints[{index}].key: '{taint.key}' is Cilium's startup taint (Cilium removes it "
+            "once it manages the node; a pod tolerating it could start outside NetworkPolicy "
+            "and WireGuard)"
+            for index, taint in enumerate(self.taints)
+            if taint.key == CILIUM_STARTUP_TAINT
+        ]
+        problems += [
+            f"taints[{index}].key: '{taint.key}' is the GPU taint the platform sets on 'gpu' "
+            f"pools; a '{self.profile}' pool may not carry it (its runners would tolerate "
+            "GPU nodes)"
+            for index, taint in enumerate(self.taints)
+            if taint.key == GPU_TAINT_KEY and self.profile != "gpu"
         ]
         if problems:
             raise ValueError("\n".join(problems))

@@ -7,6 +7,11 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+from pulumi_policy import StackValidationArgs
+
+NAMESPACE = "kubernetes:core/v1:Namespace"
+TEAM_LABEL = "runner-platform.io/team"
+
 
 def as_document(value: Any) -> dict[str, Any] | None:
     """An IAM document given as JSON text or a mapping; None when it is not known yet."""
@@ -61,3 +66,16 @@ def names_action(statement: Mapping[str, Any], action: str) -> bool:
             iam_glob(str(a), action, caseless=True) for a in as_list(statement["NotAction"])
         )
     return any(iam_glob(str(a), action, caseless=True) for a in as_list(statement.get("Action")))
+
+
+def runner_namespaces(args: StackValidationArgs) -> dict[str, str]:
+    """Namespace → team, for the Namespaces the stack declares for a team (labelled with it)."""
+    teams: dict[str, str] = {}
+    for resource in args.resources:
+        if resource.resource_type != NAMESPACE:
+            continue
+        labels = dig(resource.props, "metadata", "labels") or {}
+        name = dig(resource.props, "metadata", "name")
+        if isinstance(name, str) and isinstance(labels, Mapping) and TEAM_LABEL in labels:
+            teams[name] = str(labels[TEAM_LABEL])
+    return teams

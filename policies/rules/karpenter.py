@@ -13,7 +13,7 @@ from pulumi_policy import (
     ResourceValidationPolicy,
 )
 
-from policies.rules.common import as_int, dig
+from policies.rules.common import as_int, as_list, dig
 
 NODE_POOL = "kubernetes:karpenter.sh/v1:NodePool"
 NODE_CLASS = "kubernetes:karpenter.k8s.aws/v1:EC2NodeClass"
@@ -175,11 +175,21 @@ def _keeps_off_karpenter(term: Any) -> bool:
 def _validate_controller_placement(args: ResourceValidationArgs, report: ReportViolation) -> None:
     if args.resource_type == NODE_POOL:
         labels = dig(args.props, "spec", "template", "metadata", "labels") or {}
-        reserved = sorted(k for k in labels if isinstance(k, str) and _in_platform_domain(k))
+        reserved = {k for k in labels if isinstance(k, str) and _in_platform_domain(k)}
+        # Karpenter labels its nodes from requirements too: a single-valued In, and
+        # (with a value it picks) Exists.
+        for requirement in as_list(dig(args.props, "spec", "template", "spec", "requirements")):
+            key = requirement.get("key") if isinstance(requirement, dict) else None
+            if (
+                isinstance(key, str)
+                and _in_platform_domain(key)
+                and requirement.get("operator") in ("In", "Exists")
+            ):
+                reserved.add(key)
         if reserved:
             report(
-                f"NodePool gives its nodes {reserved}: the {PLATFORM_DOMAIN}/ labels are the "
-                "platform's (system nodes run the controller)",
+                f"NodePool gives its nodes {sorted(reserved)}: the {PLATFORM_DOMAIN}/ labels are "
+                "the platform's (system nodes run the controller)",
                 None,
             )
         return

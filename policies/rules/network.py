@@ -17,6 +17,7 @@ from typing import Any
 from pulumi_policy import (
     EnforcementLevel,
     PolicyConfigSchema,
+    PolicyResource,
     ReportViolation,
     ResourceValidationArgs,
     ResourceValidationPolicy,
@@ -24,7 +25,7 @@ from pulumi_policy import (
     StackValidationPolicy,
 )
 
-from policies.rules.common import as_list, dig
+from policies.rules.common import as_list, dig, runner_namespaces
 
 RELEASE = "kubernetes:helm.sh/v3:Release"
 EKS_COMPONENT = "eks:index:Cluster"
@@ -59,7 +60,14 @@ _RESTRICT = "restrict publicAccessCidrs or set allowPublicFromAnywhere in the po
 
 
 def _as_ipv4_equivalent(network: Network) -> Network:
-    """An IPv4-mapped IPv6 block is the IPv4 block it maps."""
+    """An IPv4-mapped IPv6 block is the IPv4 block it maps; an IPv6 block holding all of
+    them (``::/64``, ``::fffe:0:0/95``; ``::/0`` stays all of IPv6) is all of IPv4."""
+    if (
+        isinstance(network, ipaddress.IPv6Network)
+        and 0 < network.prefixlen < _IPV4_MAPPED.prefixlen
+        and network.supernet_of(_IPV4_MAPPED)
+    ):
+        return ipaddress.IPv4Network("0.0.0.0/0")
     if isinstance(network, ipaddress.IPv6Network) and network.subnet_of(_IPV4_MAPPED):
         mapped = network.network_address.ipv4_mapped
         if mapped is not None:
@@ -262,9 +270,7 @@ redis_transit_encryption = ResourceValidationPolicy(
 
 
 NETWORK_POLICY = "kubernetes:networking.k8s.io/v1:NetworkPolicy"
-NAMESPACE = "kubernetes:core/v1:Namespace"
 CONFIG_MAP = "kubernetes:core/v1:ConfigMap"
-TEAM_LABEL = "runner-platform.io/team"
 RUNNER_NAMESPACE_PREFIX = "runners-"
 SPEC_KEY = "spec.json"
 # All of IPv4 link-local: instance metadata, EKS Pod Identity, Amazon DNS and time.
@@ -305,16 +311,6 @@ def _internal_blocks(args: StackValidationArgs) -> dict[str, str]:
     return blocks
 
 
-def _runner_namespaces(args: StackValidationArgs) -> set[str]:
-    names = set()
-    for resource in args.resources:
-        labels = dig(resource.props, "metadata", "labels") or {}
-        name = dig(resource.props, "metadata", "name")
-        if resource.resource_type == NAMESPACE and isinstance(name, str) and TEAM_LABEL in labels:
-            names.add(name)
-    return names
-
-
 def _uncovered(block: Network, excepts: list[Network]) -> bool:
     """Whether some address of ``block`` is not in any of ``excepts``."""
     remaining = [block]
@@ -334,7 +330,7 @@ def _uncovered(block: Network, excepts: list[Network]) -> bool:
 
 
 def _validate_runner_egress(args: StackValidationArgs, report: ReportViolation) -> None:
-    runner_namespaces = _runner_namespaces(args)
+    declared = runner_namespaces(args)
     internal = {
         net: what for text, what in _internal_blocks(args).items() if (net := _network(text))
     }
@@ -343,11 +339,18 @@ def _validate_runner_egress(args: StackValidationArgs, report: ReportViolation) 
             continue
         namespace = dig(resource.props, "metadata", "namespace")
         if not isinstance(namespace, str) or not (
-            namespace in runner_namespaces or namespace.startswith(RUNNER_NAMESPACE_PREFIX)
+            namespace in declared or namespace.startswith(RUNNER_NAMESPACE_PREFIX)
         ):
             continue
         for rule in as_list(dig(resource.props, "spec", "egress")):
-            for peer in as_list(rule.get("to") if isinstance(rule, Mapping) else None):
+            if not isinstance(rule, Mapping):
+                continue
+            # A rule with no 'to' reaches every destination: 0.0.0.0/0 and ::/0, no exception.
+            # A namespace or pod selector peer reaches pods of the cluster, not an address.
+            peers = as_list(rule.get("to")) or [
+                {"ipBlock": {"cidr": cidr}} for cidr in _EVERYTHING.values()
+            ]
+            for peer in peers:
                 block = dig(peer, "ipBlock")
                 allowed = _network(dig(block, "cidr"))
                 if allowed is None:
@@ -377,44 +380,127 @@ CONTROLLER_LABEL = ("app.kubernetes.io/name", "runner-controller")
 ALB_TARGET_TYPE = "alb.ingress.kubernetes.io/target-type"
 
 
-def _validate_controller_path(args: ResourceValidationArgs, report: ReportViolation) -> None:
-    if args.resource_type == INGRESS:
-        annotations = dig(args.props, "metadata", "annotations") or {}
-        target = annotations.get(ALB_TARGET_TYPE) if isinstance(annotations, Mapping) else None
-        if isinstance(target, str) and target != "ip":
-            report(
-                f"Ingress '{ALB_TARGET_TYPE}' is '{target}': the load balancer would reach the "
-                "pods through a port every node opens, not at their own addresses",
-                None,
-            )
-        return
-    if args.resource_type != NETWORK_POLICY:
-        return
-    key, value = CONTROLLER_LABEL
-    selector = dig(args.props, "spec", "podSelector")
-    if (
+def _empty_selector(selector: Any) -> bool:
+    return (
         isinstance(selector, Mapping)
         and not selector.get("matchLabels")
-        and not (selector.get("matchExpressions"))
+        and not selector.get("matchExpressions")
+    )
+
+
+def _selects_controller(selector: Any) -> bool:
+    """Whether a pod selector can select the controller's pods: nothing it says of the
+    controller's label excludes them, and it names that label, or no other label."""
+    if not isinstance(selector, Mapping):
+        return False
+    key, value = CONTROLLER_LABEL
+    labels = selector.get("matchLabels") or {}
+    if not isinstance(labels, Mapping) or (key in labels and labels[key] != value):
+        return False
+    names_controller = labels.get(key) == value
+    names_others = any(k != key for k in labels)
+    for expression in as_list(selector.get("matchExpressions")):
+        if not isinstance(expression, Mapping):
+            continue
+        operator = expression.get("operator")
+        values = as_list(expression.get("values"))
+        if expression.get("key") != key:
+            names_others = names_others or operator in ("In", "Exists")
+        elif (
+            (operator == "In" and value not in values)
+            or (operator == "NotIn" and value in values)
+            or operator == "DoesNotExist"
+        ):
+            return False
+        elif operator in ("In", "Exists"):
+            names_controller = True
+    return names_controller or not names_others
+
+
+def _source_problems(peer: Any, vpc: list[Network]) -> list[str]:
+    """Why one 'from' peer admits more than the load balancer."""
+    if not isinstance(peer, Mapping):
+        return []
+    namespaces = peer.get("namespaceSelector")
+    if _empty_selector(namespaces):
+        return [
+            "from every namespace (an empty namespaceSelector): any pod, runner pods "
+            "included, could reach it"
+        ]
+    if "namespaceSelector" not in peer and _empty_selector(peer.get("podSelector")):
+        return [
+            "from every pod of its namespace (an empty podSelector): any pod there could reach it"
+        ]
+    cidr = dig(peer, "ipBlock", "cidr")
+    allowed = _network(cidr)
+    if isinstance(cidr, str) and not (
+        allowed is not None
+        and any(v.version == allowed.version and allowed.subnet_of(v) for v in vpc)  # type: ignore[arg-type]
     ):
+        inside = sorted(str(v) for v in vpc)
+        return [
+            f"from {cidr}, which is not inside the VPC {inside}: only the load balancer's "
+            "addresses in the VPC may reach it"
+        ]
+    return []
+
+
+def _validate_controller_policy(
+    resource: PolicyResource, vpc: list[Network], report: ReportViolation
+) -> None:
+    selector = dig(resource.props, "spec", "podSelector")
+    if _empty_selector(selector):
         selected = "every pod of its namespace (the controller's too, if it is there)"
-    elif dig(selector, "matchLabels", key) == value:
+    elif _selects_controller(selector):
         selected = "the controller's port"
     else:
         return
-    for index, rule in enumerate(as_list(dig(args.props, "spec", "ingress"))):
-        if isinstance(rule, Mapping) and not as_list(rule.get("from")):
+    namespace = dig(resource.props, "metadata", "namespace")
+    name = dig(resource.props, "metadata", "name")
+    for index, rule in enumerate(as_list(dig(resource.props, "spec", "ingress"))):
+        if not isinstance(rule, Mapping):
+            continue
+        peers = as_list(rule.get("from"))
+        if not peers:
             report(
-                f"NetworkPolicy ingress[{index}] admits {selected} from anywhere (no 'from'): "
-                "any pod, runner pods included, could reach it",
-                None,
+                f"NetworkPolicy {namespace}/{name} ingress[{index}] admits {selected} from "
+                "anywhere (no 'from'): any pod, runner pods included, could reach it",
+                resource.urn,
+            )
+        for source, peer in enumerate(peers):
+            for problem in _source_problems(peer, vpc):
+                report(
+                    f"NetworkPolicy {namespace}/{name} ingress[{index}].from[{source}] admits "
+                    f"{selected} {problem}",
+                    resource.urn,
+                )
+
+
+def _validate_controller_path(args: StackValidationArgs, report: ReportViolation) -> None:
+    vpc = [
+        net
+        for text, what in _internal_blocks(args).items()
+        if what == "the VPC" and (net := _network(text))
+    ]
+    for resource in args.resources:
+        if resource.resource_type == NETWORK_POLICY:
+            _validate_controller_policy(resource, vpc, report)
+        if resource.resource_type != INGRESS:
+            continue
+        annotations = dig(resource.props, "metadata", "annotations") or {}
+        target = annotations.get(ALB_TARGET_TYPE) if isinstance(annotations, Mapping) else None
+        if isinstance(target, str) and target != "ip":
+            report(
+                f"Ingress {resource.name}: '{ALB_TARGET_TYPE}' is '{target}': the load balancer "
+                "would reach the pods through a port every node opens, not at their own addresses",
+                resource.urn,
             )
 
 
-controller_only_behind_ingress = ResourceValidationPolicy(
+controller_only_behind_ingress = StackValidationPolicy(
     name="controller-only-behind-its-ingress",
-    description="The controller admits traffic only from named sources (its load balancer), "
-    "and an ALB sends to the pods' own addresses.",
+    description="The controller admits traffic only from its load balancer (addresses in the "
+    "VPC, or the pods of a named namespace), and an ALB sends to the pods' own addresses.",
     enforcement_level=EnforcementLevel.MANDATORY,
     validate=_validate_controller_path,
 )

@@ -5,6 +5,8 @@ so the pack judges what the stack declares about them: any pod spec of a team (a
 workload's or a PodTemplate's template, the job pod templates in the hooks ConfigMaps,
 each labelled ``runner-platform.io/team`` or in a runner namespace, ``runners-*``) and
 the controller's spec, which says which container mode each team runs on each pool. A
+pod's team is its namespace's (the team label of a Namespace the stack declares), never a
+label the workload gives itself; a pool is isolated only if its NodePool says so. A
 hand-edited program or stack that slips a privileged container or a dind mode onto a
 shared pool is refused here even if it got past the model. No ServiceAccount of a runner
 namespace mounts an API token by default, the ``default`` one included: a runner pod that
@@ -26,21 +28,19 @@ from pulumi_policy import (
     StackValidationPolicy,
 )
 
-from policies.rules.common import as_list, dig
+from policies.rules.common import as_list, dig, runner_namespaces
 
 TEAM_LABEL = "runner-platform.io/team"
 RUNNER_NAMESPACE_PREFIX = "runners-"
-NAMESPACE = "kubernetes:core/v1:Namespace"
 SERVICE_ACCOUNT_TYPES = {
     "kubernetes:core/v1:ServiceAccount",
     "kubernetes:core/v1:ServiceAccountPatch",
 }
-# Capabilities that amount to a privileged container (mount, namespaces, devices, ...).
-PRIVILEGED_CAPABILITIES = {"ALL", "SYS_ADMIN", "CAP_SYS_ADMIN"}
 POD_TEMPLATES_LABEL = "runner-platform.io/pod-templates"
 POOL_LABEL = "pool"
 POOL_TAINT_KEY = "runner-platform.io/pool"
 POOL_OWNER_LABEL = "runner-platform.io/owner"
+POOL_KIND_LABEL = "runner-platform.io/pool-kind"
 NODE_POOL = "kubernetes:karpenter.sh/v1:NodePool"
 CONFIG_MAP = "kubernetes:core/v1:ConfigMap"
 SPEC_KEY = "spec.json"
@@ -65,7 +65,6 @@ def runner_pod_templates(
         labels = dig(props, "metadata", "labels") or {}
         if labels.get(POD_TEMPLATES_LABEL) != "true":
             return
-        team = labels.get(TEAM_LABEL)
         for key, text in (props.get("data") or {}).items():
             if not str(key).endswith(".json") or not isinstance(text, str):
                 continue
@@ -74,8 +73,6 @@ def runner_pod_templates(
             except ValueError:
                 continue
             if isinstance(template, dict):
-                meta = template.setdefault("metadata", {})
-                meta.setdefault("labels", {}).setdefault(TEAM_LABEL, team)
                 yield f"data[{key}]", template
         return
     path = _TEMPLATE_PATHS.get(resource_type)
@@ -106,14 +103,14 @@ def _containers(pod_spec: Mapping[str, Any]) -> list[Mapping[str, Any]]:
 
 
 def privileged(container: Mapping[str, Any]) -> bool:
-    """A privileged container, or one given the capabilities that amount to it."""
+    """A privileged container, or one that adds any capability (SYS_ADMIN, NET_ADMIN,
+    SYS_PTRACE, BPF, ... in any spelling), as the platform's admission policy judges it."""
     context = container.get("securityContext")
     if not isinstance(context, Mapping):
         return False
     if context.get("privileged") is True:
         return True
-    added = dig(context, "capabilities", "add")
-    return any(str(cap).upper() in PRIVILEGED_CAPABILITIES for cap in as_list(added))
+    return bool(as_list(dig(context, "capabilities", "add")))
 
 
 def _validate_host_access(args: ResourceValidationArgs, report: ReportViolation) -> None:
@@ -129,12 +126,24 @@ def _validate_host_access(args: ResourceValidationArgs, report: ReportViolation)
                     "pods never mount the node's filesystem",
                     None,
                 )
+        for container in _containers(pod_spec):
+            ports = [
+                p.get("hostPort")
+                for p in as_list(container.get("ports"))
+                if isinstance(p, Mapping) and p.get("hostPort")
+            ]
+            if ports:
+                report(
+                    f"{where}: runner pod container '{container.get('name')}' sets hostPort "
+                    f"{ports}: runner pods never listen on the node's own addresses",
+                    None,
+                )
 
 
 runner_pod_host_access = ResourceValidationPolicy(
     name="runner-pods-no-host-access",
-    description="Runner and job pods use no hostPath volume and no host network, PID or IPC "
-    "namespace.",
+    description="Runner and job pods use no hostPath volume, no host port and no host network, "
+    "PID or IPC namespace.",
     enforcement_level=EnforcementLevel.MANDATORY,
     validate=_validate_host_access,
 )
@@ -146,7 +155,10 @@ def _isolated_owners(args: StackValidationArgs) -> dict[str, str]:
     for resource in args.resources:
         if resource.resource_type != NODE_POOL:
             continue
-        owner = (dig(resource.props, "metadata", "labels") or {}).get(POOL_OWNER_LABEL)
+        labels = dig(resource.props, "metadata", "labels") or {}
+        if not isinstance(labels, Mapping) or labels.get(POOL_KIND_LABEL) != "isolated":
+            continue
+        owner = labels.get(POOL_OWNER_LABEL)
         name = dig(resource.props, "metadata", "name")
         if owner and name:
             owners[str(name)] = str(owner)
@@ -167,20 +179,28 @@ def _pool_of(pod_spec: Mapping[str, Any]) -> str | None:
 
 def _privileged_pods(args: StackValidationArgs, report: ReportViolation) -> None:
     owners = _isolated_owners(args)
+    teams = runner_namespaces(args)
     for resource in args.resources:
+        # The team is the namespace's (the admission policy reads the same label), never a
+        # label the workload gives itself.
+        team = teams.get(str(dig(resource.props, "metadata", "namespace")))
         for where, template in runner_pod_templates(resource.resource_type, resource.props):
             pod_spec = template.get("spec") or {}
-            team = dig(template, "metadata", "labels", TEAM_LABEL)
             names = [str(c.get("name")) for c in _containers(pod_spec) if privileged(c)]
             if not names:
                 continue
             pool = _pool_of(pod_spec)
-            if pool is None or owners.get(pool) != team:
+            if team is None or pool is None or owners.get(pool) != team:
                 selected = (pod_spec.get("nodeSelector") or {}).get(POOL_LABEL, "any")
+                whose = (
+                    f"team '{team}'"
+                    if team is not None
+                    else "a team (its namespace is not one the stack declares for a team)"
+                )
                 report(
                     f"{resource.resource_type} {resource.name} {where}: privileged container(s) "
-                    f"{names} on pool '{selected}', which is not isolated for team "
-                    f"'{team}': privileged runners only run on an isolated pool of their team",
+                    f"{names} on pool '{selected}', which is not isolated for {whose}: "
+                    "privileged runners only run on an isolated pool of their team",
                     resource.urn,
                 )
 
@@ -231,21 +251,8 @@ privileged_runner_on_shared_pool = StackValidationPolicy(
 )
 
 
-def _runner_namespaces(args: StackValidationArgs) -> set[str]:
-    """Namespaces the stack declares for a team (labelled with it)."""
-    names = set()
-    for resource in args.resources:
-        if resource.resource_type != NAMESPACE:
-            continue
-        labels = dig(resource.props, "metadata", "labels") or {}
-        name = dig(resource.props, "metadata", "name")
-        if isinstance(name, str) and isinstance(labels, Mapping) and TEAM_LABEL in labels:
-            names.add(name)
-    return names
-
-
 def _validate_service_accounts(args: StackValidationArgs, report: ReportViolation) -> None:
-    declared = _runner_namespaces(args)
+    declared = set(runner_namespaces(args))
     tokenless_defaults: set[str] = set()
     for resource in args.resources:
         if resource.resource_type not in SERVICE_ACCOUNT_TYPES:

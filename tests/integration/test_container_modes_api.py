@@ -215,6 +215,74 @@ PRIVILEGED = {"securityContext": {"privileged": True}}
         ),
         (
             "runners-web",
+            {
+                "tolerations": [
+                    {
+                        "key": "node.cilium.io/agent-not-ready",
+                        "operator": "Exists",
+                        "effect": "NoExecute",
+                    }
+                ]
+            },
+            "not Cilium's startup taint node.cilium.io/agent-not-ready",
+        ),
+        (
+            "runners-web",
+            {
+                "hostUsers": False,
+                "containers": [
+                    {
+                        "name": "x",
+                        "image": "busybox",
+                        "securityContext": {"procMount": "Unmasked"},
+                    }
+                ],
+            },
+            "keep the default /proc mask (procMount Default)",
+        ),
+        (
+            "runners-web",
+            {"securityContext": {"sysctls": [{"name": "kernel.core_pattern", "value": "|/tmp/x"}]}},
+            "set only the sysctls Pod Security baseline allows",
+        ),
+        (
+            "runners-web",
+            {"securityContext": {"seLinuxOptions": {"type": "spc_t"}}},
+            "use only the SELinux types Pod Security baseline allows",
+        ),
+        (
+            "runners-web",
+            {
+                "containers": [
+                    {
+                        "name": "x",
+                        "image": "busybox",
+                        "securityContext": {"seLinuxOptions": {"type": "spc_t"}},
+                    }
+                ]
+            },
+            "use only the SELinux types Pod Security baseline allows",
+        ),
+        (
+            "runners-web",
+            {"ephemeralContainers": [{"name": "debug", "image": "busybox", **PRIVILEGED}]},
+            "privileged containers and added capabilities are only for dind",
+        ),
+        (
+            "runners-web",
+            {
+                "ephemeralContainers": [
+                    {
+                        "name": "debug",
+                        "image": "busybox",
+                        "securityContext": {"seccompProfile": {"type": "Unconfined"}},
+                    }
+                ]
+            },
+            "seccomp and AppArmor stay confined",
+        ),
+        (
+            "runners-web",
             {"containers": [{"name": "dind", "image": "docker", **PRIVILEGED}]},
             "privileged containers and added capabilities are only for dind on an isolated pool "
             "of team web, not on pool 'warm'",
@@ -259,8 +327,29 @@ def test_the_admission_policy_refuses_in_runner_namespaces(
     enforcing: Any, namespace: str, pod: dict[str, Any], reason: str
 ) -> None:
     """Whoever creates the pod: the runner's token can create pods in its namespace, and the
-    web and ml namespaces admit privileged pods at the Pod Security level (buildkit, dind)."""
-    assert reason in (_refusal(enforcing, _pod("bad", namespace, "warm", **pod)) or "admitted")
+    web and ml namespaces admit privileged pods at the Pod Security level (buildkit, dind).
+    Ephemeral containers are added to a pod that exists already (as kubectl debug does)."""
+    pod = dict(pod)
+    ephemeral = pod.pop("ephemeralContainers", None)
+    if ephemeral is None:
+        assert reason in (_refusal(enforcing, _pod("bad", namespace, "warm", **pod)) or "admitted")
+        return
+    core = client.CoreV1Api(enforcing)
+    name = f"debugged-{next(iter(ephemeral[0]['securityContext'])).lower()}"
+    existing = _create(enforcing, _pod(name, namespace, "warm", **pod))
+    assert existing is not None or core.read_namespaced_pod(name, namespace)
+    try:
+        core.patch_namespaced_pod_ephemeralcontainers(
+            name,
+            namespace,
+            {"spec": {"ephemeralContainers": ephemeral}},
+            dry_run="All",
+        )
+    except client.ApiException as error:
+        refusal = str(json.loads(error.body or "{}").get("message", error.body))
+    else:
+        refusal = "admitted"
+    assert reason in refusal
 
 
 def test_the_platform_s_own_pods_are_admitted(enforcing: Any, spec: PlatformSpec) -> None:

@@ -22,6 +22,7 @@ POD = "kubernetes:core/v1:Pod"
 DEPLOYMENT = "kubernetes:apps/v1:Deployment"
 CONFIG_MAP = "kubernetes:core/v1:ConfigMap"
 NODE_POOL = "kubernetes:karpenter.sh/v1:NodePool"
+NAMESPACE = "kubernetes:core/v1:Namespace"
 
 
 def runner_pod(
@@ -57,6 +58,18 @@ def runner_pod(
 
 def node_pools_of(spec: PlatformSpec) -> list[tuple[str, str, dict[str, Any]]]:
     return [(NODE_POOL, p.name, node_pools.node_pool(spec, p)) for p in spec.pools]
+
+
+def pools_and_namespaces(spec: PlatformSpec) -> list[tuple[str, str, dict[str, Any]]]:
+    """The NodePools and the teams' Namespaces (a runner's team is its namespace's)."""
+    return [
+        *node_pools_of(spec),
+        *(
+            (NAMESPACE, m["metadata"]["name"], m)
+            for m in controller_manifests.namespaces(spec)
+            if "runner-platform.io/team" in m["metadata"].get("labels", {})
+        ),
+    ]
 
 
 @pytest.mark.parametrize(
@@ -105,7 +118,7 @@ def test_pods_that_are_not_a_teams_are_not_judged_as_runner_pods() -> None:
 
 
 def test_a_privileged_runner_container_on_a_shared_pool_is_refused(dev_spec: PlatformSpec) -> None:
-    stack = [*node_pools_of(dev_spec), (POD, "r", runner_pod(privileged=True))]
+    stack = [*pools_and_namespaces(dev_spec), (POD, "r", runner_pod(privileged=True))]
     assert check_stack(privileged_runner_on_shared_pool, stack) == [
         "kubernetes:core/v1:Pod r spec: privileged container(s) ['dind'] on pool 'warm', which "
         "is not isolated for team 'web': privileged runners only run on an isolated pool of "
@@ -121,17 +134,19 @@ def test_a_privileged_runner_is_allowed_only_on_its_own_teams_isolated_pool(
 ) -> None:
     own = runner_pod("ml", "ml-isolated", privileged=True, tolerate="ml-isolated")
     assert (
-        check_stack(privileged_runner_on_shared_pool, [*node_pools_of(dev_spec), (POD, "r", own)])
+        check_stack(
+            privileged_runner_on_shared_pool, [*pools_and_namespaces(dev_spec), (POD, "r", own)]
+        )
         == []
     )
     # The same pod for another team, or without the pool's toleration, is refused.
     other = runner_pod("web", "ml-isolated", privileged=True, tolerate="ml-isolated")
     assert check_stack(
-        privileged_runner_on_shared_pool, [*node_pools_of(dev_spec), (POD, "r", other)]
+        privileged_runner_on_shared_pool, [*pools_and_namespaces(dev_spec), (POD, "r", other)]
     )
     untolerated = runner_pod("ml", "ml-isolated", privileged=True)
     assert check_stack(
-        privileged_runner_on_shared_pool, [*node_pools_of(dev_spec), (POD, "r", untolerated)]
+        privileged_runner_on_shared_pool, [*pools_and_namespaces(dev_spec), (POD, "r", untolerated)]
     )
     # Without the stack's NodePools nothing proves the pool isolated.
     assert check_stack(privileged_runner_on_shared_pool, [(POD, "r", own)])
@@ -181,7 +196,8 @@ def test_a_privileged_job_pod_template_is_refused(dev_spec: PlatformSpec) -> Non
     template["spec"]["containers"][0]["securityContext"]["privileged"] = True
     bad["data"]["job-warm.json"] = json.dumps(template)
     messages = check_stack(
-        privileged_runner_on_shared_pool, [*node_pools_of(dev_spec), (CONFIG_MAP, "hooks", bad)]
+        privileged_runner_on_shared_pool,
+        [*pools_and_namespaces(dev_spec), (CONFIG_MAP, "hooks", bad)],
     )
     assert messages == [
         "kubernetes:core/v1:ConfigMap hooks data[job-warm.json]: privileged container(s) "
@@ -217,4 +233,86 @@ def test_the_node_cap_leaves_room_for_job_pods_and_no_more() -> None:
     ]
     assert check(nodeclass_runner_cap, NODE_CLASS, "warm", _node_class(16, "9")) == [
         "9 pods per runner; 1 to 3"
+    ]
+
+
+# --- review findings ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "capability", ["SYS_MODULE", "SYS_PTRACE", "cap_net_admin", "BPF", "CAP_DAC_READ_SEARCH"]
+)
+def test_any_added_capability_is_privilege(dev_spec: PlatformSpec, capability: str) -> None:
+    """As the admission policy judges it: a non-empty capabilities.add, in any spelling."""
+    pod = runner_pod()
+    pod["spec"]["containers"][1]["securityContext"] = {"capabilities": {"add": [capability]}}
+    assert check_stack(
+        privileged_runner_on_shared_pool, [*pools_and_namespaces(dev_spec), (POD, "r", pod)]
+    ) == [
+        "kubernetes:core/v1:Pod r spec: privileged container(s) ['dind'] on pool 'warm', which "
+        "is not isolated for team 'web': privileged runners only run on an isolated pool of "
+        "their team"
+    ]
+
+
+@pytest.mark.parametrize("key", ["containers", "initContainers", "ephemeralContainers"])
+def test_a_host_port_in_a_runner_pod_is_refused(key: str) -> None:
+    pod = runner_pod()
+    pod["spec"][key] = [
+        {"name": "web", "image": "nginx", "ports": [{"containerPort": 80, "hostPort": 8080}]}
+    ]
+    assert check(runner_pod_host_access, POD, "r", pod) == [
+        "spec: runner pod container 'web' sets hostPort [8080]: runner pods never listen on "
+        "the node's own addresses"
+    ]
+
+
+def test_the_team_is_the_namespaces_not_the_workloads_own_label(dev_spec: PlatformSpec) -> None:
+    """A pod of runners-web that labels itself team 'ml' does not get ml's isolated pool."""
+    pod = runner_pod("web", "ml-isolated", privileged=True, tolerate="ml-isolated")
+    pod["metadata"]["labels"]["runner-platform.io/team"] = "ml"
+    assert check_stack(
+        privileged_runner_on_shared_pool, [*pools_and_namespaces(dev_spec), (POD, "r", pod)]
+    ) == [
+        "kubernetes:core/v1:Pod r spec: privileged container(s) ['dind'] on pool "
+        "'ml-isolated', which is not isolated for team 'web': privileged runners only run on "
+        "an isolated pool of their team"
+    ]
+    # Nor does a job pod template in a ConfigMap of runners-web that names team 'ml'.
+    hooks = copy.deepcopy(container_manifests.hooks_config_map(dev_spec, dev_spec.teams[0]))
+    hooks["metadata"]["labels"]["runner-platform.io/team"] = "ml"
+    template = json.loads(hooks["data"]["job-warm.json"])
+    template["metadata"]["labels"]["runner-platform.io/team"] = "ml"
+    template["spec"] = pod["spec"]
+    hooks["data"]["job-warm.json"] = json.dumps(template)
+    assert check_stack(
+        privileged_runner_on_shared_pool,
+        [*pools_and_namespaces(dev_spec), (CONFIG_MAP, "hooks", hooks)],
+    ) == [
+        "kubernetes:core/v1:ConfigMap hooks data[job-warm.json]: privileged container(s) "
+        "['dind'] on pool 'ml-isolated', which is not isolated for team 'web': privileged "
+        "runners only run on an isolated pool of their team"
+    ]
+    # A pod in a namespace the stack declares for no team has no team at all.
+    stray = runner_pod("ml", "ml-isolated", privileged=True, tolerate="ml-isolated")
+    stray["metadata"]["namespace"] = "runners-nobody"
+    assert check_stack(
+        privileged_runner_on_shared_pool, [*pools_and_namespaces(dev_spec), (POD, "r", stray)]
+    ) == [
+        "kubernetes:core/v1:Pod r spec: privileged container(s) ['dind'] on pool "
+        "'ml-isolated', which is not isolated for a team (its namespace is not one the stack "
+        "declares for a team): privileged runners only run on an isolated pool of their team"
+    ]
+
+
+def test_an_owner_label_on_a_shared_pool_does_not_isolate_it(dev_spec: PlatformSpec) -> None:
+    stack = pools_and_namespaces(dev_spec)
+    for kind, name, props in stack:
+        if kind == NODE_POOL and name == "warm":
+            props["metadata"]["labels"]["runner-platform.io/owner"] = "web"
+    pod = runner_pod("web", "warm", privileged=True, tolerate="warm")
+    assert check_stack(privileged_runner_on_shared_pool, [*stack, (POD, "r", pod)]) == [
+        "kubernetes:core/v1:Pod r spec: privileged container(s) ['dind'] on pool 'warm', which "
+        "is not isolated for team 'web': privileged runners only run on an isolated pool of "
+        "their team"
     ]

@@ -177,7 +177,7 @@ def test_the_builders_ingress_serves_tls(dev_spec: PlatformSpec) -> None:
     ingress = controller_manifests.ingress(dev_spec)
     props = {k: v for k, v in ingress.items() if k not in ("apiVersion", "kind")}
     assert check(ingress_tls, INGRESS, "i", props) == []
-    assert check(controller_only_behind_ingress, INGRESS, "i", props) == []
+    assert check_stack(controller_only_behind_ingress, [(INGRESS, "i", props)]) == []
 
 
 def _ingress(annotations: dict[str, str], tls: list[Any] | None) -> dict[str, Any]:
@@ -436,8 +436,8 @@ def test_a_block_split_across_exceptions_counts_as_excepted(dev_spec: PlatformSp
 
 
 def test_the_builders_controller_objects_pass(dev_spec: PlatformSpec) -> None:
+    assert check_stack(controller_only_behind_ingress, stack_of(dev_spec)) == []
     for kind, name, props in stack_of(dev_spec):
-        assert check(controller_only_behind_ingress, kind, name, props) == []
         assert check(controller_off_runner_nodes, kind, name, props) == []
     for pool in dev_spec.pools:
         props = {k: v for k, v in node_pools.node_pool(dev_spec, pool).items() if k != "kind"}
@@ -445,16 +445,16 @@ def test_the_builders_controller_objects_pass(dev_spec: PlatformSpec) -> None:
 
 
 def test_a_controller_port_open_to_any_pod_is_refused(dev_spec: PlatformSpec) -> None:
+    stack = copy.deepcopy(stack_of(dev_spec))
     policy = next(
         props
-        for kind, name, props in stack_of(dev_spec)
+        for kind, name, props in stack
         if kind == NETWORK_POLICY and name == "runner-controller"
     )
-    policy = copy.deepcopy(policy)
     del policy["spec"]["ingress"][0]["from"]
-    assert check(controller_only_behind_ingress, NETWORK_POLICY, "p", policy) == [
-        "NetworkPolicy ingress[0] admits the controller's port from anywhere (no 'from'): any "
-        "pod, runner pods included, could reach it"
+    assert check_stack(controller_only_behind_ingress, stack) == [
+        "NetworkPolicy runner-platform/runner-controller ingress[0] admits the controller's port "
+        "from anywhere (no 'from'): any pod, runner pods included, could reach it"
     ]
 
 
@@ -463,20 +463,21 @@ def test_an_allow_all_policy_beside_the_controller_is_refused() -> None:
         "metadata": {"name": "allow-all", "namespace": "runner-platform"},
         "spec": {"podSelector": {}, "policyTypes": ["Ingress"], "ingress": [{}]},
     }
-    assert check(controller_only_behind_ingress, NETWORK_POLICY, "p", props) == [
-        "NetworkPolicy ingress[0] admits every pod of its namespace (the controller's too, if it "
-        "is there) from anywhere (no 'from'): any pod, runner pods included, could reach it"
+    assert check_stack(controller_only_behind_ingress, [(NETWORK_POLICY, "p", props)]) == [
+        "NetworkPolicy runner-platform/allow-all ingress[0] admits every pod of its namespace "
+        "(the controller's too, if it is there) from anywhere (no 'from'): any pod, runner pods "
+        "included, could reach it"
     ]
     # A default deny (no ingress rule at all) selects every pod and admits nothing.
     del props["spec"]["ingress"]
-    assert check(controller_only_behind_ingress, NETWORK_POLICY, "p", props) == []
+    assert check_stack(controller_only_behind_ingress, [(NETWORK_POLICY, "p", props)]) == []
 
 
 def test_an_alb_through_node_ports_is_refused() -> None:
     props = _ingress({"alb.ingress.kubernetes.io/target-type": "instance"}, [{"hosts": ["h"]}])
-    assert check(controller_only_behind_ingress, INGRESS, "i", props) == [
-        "Ingress 'alb.ingress.kubernetes.io/target-type' is 'instance': the load balancer would "
-        "reach the pods through a port every node opens, not at their own addresses"
+    assert check_stack(controller_only_behind_ingress, [(INGRESS, "i", props)]) == [
+        "Ingress i: 'alb.ingress.kubernetes.io/target-type' is 'instance': the load balancer "
+        "would reach the pods through a port every node opens, not at their own addresses"
     ]
 
 
@@ -564,3 +565,133 @@ def test_the_builders_job_pod_templates_pass(dev_spec: PlatformSpec) -> None:
                 continue
             props = {k: v for k, v in manifest.items() if k not in ("apiVersion", "kind")}
             assert check(runner_pod_host_access, "kubernetes:core/v1:ConfigMap", "c", props) == []
+
+
+# --- review findings ---------------------------------------------------------------------
+
+
+def _extra_policy(namespace: str, name: str, spec: dict[str, Any]) -> tuple[str, str, Any]:
+    return (
+        NETWORK_POLICY,
+        name,
+        {"metadata": {"name": name, "namespace": namespace}, "spec": spec},
+    )
+
+
+@pytest.mark.parametrize(
+    "rule", [{}, {"ports": [{"protocol": "TCP", "port": 443}]}, {"to": []}], ids=str
+)
+def test_an_egress_rule_without_peers_reaches_everything_internal(
+    dev_spec: PlatformSpec, rule: dict[str, Any]
+) -> None:
+    """A rule with no 'to' allows every destination, undoing the platform's exceptions."""
+    extra = _extra_policy("runners-web", "open", {"podSelector": {}, "egress": [rule]})
+    assert check_stack(runner_egress_excludes_internal, [*stack_of(dev_spec), extra]) == [
+        f"NetworkPolicy runners-web/open: egress to 0.0.0.0/0 does not except all of {block} "
+        f"({what}): runner pods could reach it"
+        for block, what in [
+            ("169.254.0.0/16", "link-local (instance metadata, EKS Pod Identity)"),
+            ("10.40.0.0/16", "the VPC"),
+            ("172.20.0.0/16", "the service network"),
+        ]
+    ]
+
+
+def test_egress_to_selected_pods_is_not_egress_to_addresses(dev_spec: PlatformSpec) -> None:
+    selectors = {"namespaceSelector": {}, "podSelector": {"matchLabels": {"app": "cache"}}}
+    extra = _extra_policy(
+        "runners-web", "to-pods", {"podSelector": {}, "egress": [{"to": [selectors]}]}
+    )
+    assert check_stack(runner_egress_excludes_internal, [*stack_of(dev_spec), extra]) == []
+
+
+CONTROLLER_SELECTOR = {
+    "matchExpressions": [
+        {"key": "app.kubernetes.io/name", "operator": "In", "values": ["runner-controller"]}
+    ]
+}
+
+
+@pytest.mark.parametrize(
+    ("source", "problem"),
+    [
+        (
+            {"namespaceSelector": {}},
+            "from every namespace (an empty namespaceSelector): any pod, runner pods included, "
+            "could reach it",
+        ),
+        (
+            {"namespaceSelector": {}, "podSelector": {"matchLabels": {"app": "x"}}},
+            "from every namespace (an empty namespaceSelector): any pod, runner pods included, "
+            "could reach it",
+        ),
+        (
+            {"podSelector": {}},
+            "from every pod of its namespace (an empty podSelector): any pod there could reach it",
+        ),
+        (
+            {"ipBlock": {"cidr": "0.0.0.0/0"}},
+            "from 0.0.0.0/0, which is not inside the VPC ['10.40.0.0/16']: only the load "
+            "balancer's addresses in the VPC may reach it",
+        ),
+    ],
+)
+def test_a_controller_source_wider_than_the_load_balancer_is_refused(
+    dev_spec: PlatformSpec, source: dict[str, Any], problem: str
+) -> None:
+    """Beside the builder's policy, one that selects the controller by an expression and
+    names a source that admits every pod or any address."""
+    extra = _extra_policy(
+        "runner-platform",
+        "extra",
+        {"podSelector": CONTROLLER_SELECTOR, "ingress": [{"from": [source]}]},
+    )
+    assert check_stack(controller_only_behind_ingress, [*stack_of(dev_spec), extra]) == [
+        f"NetworkPolicy runner-platform/extra ingress[0].from[0] admits the controller's port "
+        f"{problem}"
+    ]
+    # An expression that excludes the controller selects other pods only.
+    other = copy.deepcopy(extra)
+    other[2]["spec"]["podSelector"]["matchExpressions"][0]["operator"] = "NotIn"
+    assert check_stack(controller_only_behind_ingress, [*stack_of(dev_spec), other]) == []
+
+
+def test_a_controller_reached_from_anywhere_by_expression_is_refused(
+    dev_spec: PlatformSpec,
+) -> None:
+    extra = _extra_policy(
+        "runner-platform", "extra", {"podSelector": CONTROLLER_SELECTOR, "ingress": [{}]}
+    )
+    assert check_stack(controller_only_behind_ingress, [*stack_of(dev_spec), extra]) == [
+        "NetworkPolicy runner-platform/extra ingress[0] admits the controller's port from "
+        "anywhere (no 'from'): any pod, runner pods included, could reach it"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("requirement", "label"),
+    [
+        (
+            {"key": "runner-platform.io/system", "operator": "In", "values": ["true"]},
+            "runner-platform.io/system",
+        ),
+        (
+            {"key": "Runner-Platform.IO/system", "operator": "In", "values": ["true"]},
+            "Runner-Platform.IO/system",
+        ),
+        (
+            {"key": "x.runner-platform.io/system", "operator": "Exists"},
+            "x.runner-platform.io/system",
+        ),
+    ],
+)
+def test_a_node_pool_that_labels_its_nodes_by_requirement_is_refused(
+    dev_spec: PlatformSpec, requirement: dict[str, Any], label: str
+) -> None:
+    """Karpenter labels nodes from single-valued In requirements too, not only from labels."""
+    pool = node_pools.node_pool(dev_spec, dev_spec.pool("warm"))
+    pool["spec"]["template"]["spec"]["requirements"].append(requirement)
+    assert check(controller_off_runner_nodes, NODE_POOL, "warm", pool) == [
+        f"NodePool gives its nodes ['{label}']: the runner-platform.io/ labels are the "
+        "platform's (system nodes run the controller)"
+    ]

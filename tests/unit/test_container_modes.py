@@ -441,3 +441,45 @@ def test_the_quota_rounds_up_so_the_last_runner_fits() -> None:
     assert parse_quantity(format_memory(needed, round_up=True)) >= needed
     assert parse_quantity(format_memory(needed)) < needed
     assert format_memory(Decimal(2**20), round_up=True) == "1Mi"
+
+
+def test_the_admission_policy_sees_ephemeral_containers(dev_spec: PlatformSpec) -> None:
+    """kubectl debug adds containers to a running pod through pods/ephemeralcontainers:
+    the policy checks them as it checks the pod's own (the API server runs it in
+    tests/integration/test_container_modes_api.py)."""
+    policy = cm.admission_policy(dev_spec)[0]["spec"]
+    assert policy["matchConstraints"]["resourceRules"] == [
+        {"apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE"], "resources": ["pods"]},
+        {
+            "apiGroups": [""],
+            "apiVersions": ["v1"],
+            "operations": ["UPDATE"],
+            "resources": ["pods/ephemeralcontainers"],
+        },
+    ]
+    containers = next(v for v in policy["variables"] if v["name"] == "containers")
+    assert "object.spec.ephemeralContainers" in containers["expression"]
+    # The pod being debugged is scheduled: only a new pod may not name its node.
+    node_name = next(v for v in policy["validations"] if "nodeName" in v["expression"])
+    assert node_name["expression"].startswith("request.operation != 'CREATE' || ")
+
+
+def test_the_admission_policy_holds_pod_security_baseline_lines(dev_spec: PlatformSpec) -> None:
+    """runners-web and runners-ml run at Pod Security "privileged" (buildkit, dind): the
+    policy keeps baseline's procMount, sysctl and SELinux lines there."""
+    expressions = [v["expression"] for v in cm.admission_policy(dev_spec)[0]["spec"]["validations"]]
+    assert any("c.securityContext.procMount == 'Default'" in e for e in expressions)
+    sysctls = next(e for e in expressions if "sysctls" in e)
+    assert json.dumps(list(cm.BASELINE_SYSCTLS)) in sysctls
+    assert "kernel.core_pattern" not in sysctls
+    selinux = next(e for e in expressions if "seLinuxOptions" in e)
+    assert "object.spec.securityContext.seLinuxOptions.type in" in selinux
+    assert "c.securityContext.seLinuxOptions.type in" in selinux
+    assert "spc_t" not in selinux
+    # The sidecars the modes add stay inside those lines.
+    for name in ("web-nvme", "ml-ml-isolated"):
+        pod = _pod(dev_spec, name)
+        for container in [*pod["spec"]["containers"], *pod["spec"].get("initContainers", [])]:
+            context = container.get("securityContext", {})
+            assert "procMount" not in context and "seLinuxOptions" not in context
+        assert "sysctls" not in pod["spec"].get("securityContext", {})

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from components import cluster as cluster_component
+from components import container_manifests as ccm
 from components import controller_manifests as cm
 from components import iam_documents, node_pools
 from components.k8s_objects import cluster_made
@@ -67,6 +68,20 @@ OPEN_CIDRS: list[tuple[str, list[str], str]] = [
         ["2001:db8::/31"],
         f"{ENDPOINT}[0]: '2001:db8::/31' is a /31 (158,456,325,028,528,675,187,087,900,672 "
         f"addresses); a public endpoint takes IPv6 blocks of /32 or narrower{MEANT}",
+    ),
+    (
+        "IPv6 block holding all IPv4-mapped addresses",
+        ["203.0.113.0/24", "::/64"],
+        f"{ENDPOINT}[1]: '::/64' contains every IPv4-mapped address (::ffff:0:0/96), so it "
+        "covers every IPv4 address (as 0.0.0.0/0 does): that opens the API to the internet"
+        f"{MEANT}",
+    ),
+    (
+        "IPv6 block just above the IPv4-mapped range",
+        ["::fffe:0:0/95"],
+        f"{ENDPOINT}[0]: '::fffe:0:0/95' contains every IPv4-mapped address (::ffff:0:0/96), "
+        "so it covers every IPv4 address (as 0.0.0.0/0 does): that opens the API to the "
+        f"internet{MEANT}",
     ),
 ]
 
@@ -190,6 +205,40 @@ def test_runner_egress_excludes_every_block_of_an_existing_vpc(
     ]
 
 
+@pytest.mark.parametrize(
+    ("cidrs", "message"),
+    [
+        (
+            ["10.40.0.0/16", "::ffff:100.64.0.0/112", "10.40.0.0/16"],
+            [
+                "cluster.vpc.cidrs[1]: '::ffff:100.64.0.0/112' is an IPv4-mapped IPv6 block; "
+                "list the IPv4 block '100.64.0.0/16' itself (a VPC has no IPv4-mapped blocks)",
+                "cluster.vpc.cidrs[2]: '10.40.0.0/16' is listed twice (first at index 0)",
+            ],
+        ),
+        (
+            ["10.40.0.0/16", "::/64"],
+            [
+                "cluster.vpc.cidrs[1]: '::/64' holds the IPv4-mapped range ::ffff:0:0/96; a VPC "
+                "has no IPv4-mapped blocks"
+            ],
+        ),
+        (
+            ["10.40.0.0/16", "2600:1f14:abc::/56", "2600:1f14:0abc::/56"],
+            ["cluster.vpc.cidrs[2]: '2600:1f14:0abc::/56' is listed twice (first at index 1)"],
+        ),
+    ],
+    ids=["mapped and duplicate", "holds the mapped range", "same IPv6 block spelt twice"],
+)
+def test_an_existing_vpc_lists_each_block_once_and_none_ipv4_mapped(
+    dev_document: dict[str, Any], cidrs: list[str], message: list[str]
+) -> None:
+    """Runner egress excludes the IPv4 blocks: a mapped block would silently drop out."""
+    with pytest.raises(SpecError) as caught:
+        load_spec(_existing_vpc(dev_document, cidrs=cidrs))
+    assert caught.value.problems == message
+
+
 def test_a_created_vpc_is_its_one_cidr(dev_spec: PlatformSpec) -> None:
     assert dev_spec.cluster.vpc.all_cidrs == ("10.40.0.0/16",)
 
@@ -221,6 +270,26 @@ def test_a_created_vpc_is_its_one_cidr(dev_spec: PlatformSpec) -> None:
             "pools[0].taints[0].key: 'runner-platform.io/pool' is in the 'runner-platform.io/' "
             "domain the platform reserves (it sets the pool taints itself)",
         ),
+        (
+            {
+                "taints": [
+                    {"key": "acme.example/dedicated", "value": "ci"},
+                    {
+                        "key": "node.cilium.io/agent-not-ready",
+                        "value": "true",
+                        "effect": "NoExecute",
+                    },
+                ]
+            },
+            "pools[0].taints[1].key: 'node.cilium.io/agent-not-ready' is Cilium's startup taint "
+            "(Cilium removes it once it manages the node; a pod tolerating it could start outside "
+            "NetworkPolicy and WireGuard)",
+        ),
+        (
+            {"taints": [{"key": "nvidia.com/gpu", "value": "true"}]},
+            "pools[0].taints[0].key: 'nvidia.com/gpu' is the GPU taint the platform sets on 'gpu' "
+            "pools; a 'general' pool may not carry it (its runners would tolerate GPU nodes)",
+        ),
     ],
 )
 def test_the_platform_label_and_taint_domain_is_reserved(
@@ -230,6 +299,20 @@ def test_the_platform_label_and_taint_domain_is_reserved(
     with pytest.raises(SpecError) as caught:
         load_spec(dev_document)
     assert any(p.startswith(message) for p in caught.value.problems), caught.value.problems
+
+
+def test_no_runner_pod_tolerates_cilium_s_startup_taint(dev_spec: PlatformSpec) -> None:
+    """Pools carry no such taint, and the admission policy refuses the toleration itself."""
+    for pool in dev_spec.pools:
+        assert all(t["key"] != "node.cilium.io/agent-not-ready" for t in pool.tolerations())
+    policy = ccm.admission_policy(dev_spec)[0]
+    tolerations = next(
+        v["expression"]
+        for v in policy["spec"]["validations"]
+        if "object.spec.tolerations" in v["expression"]
+    )
+    assert "t.key != 'node.cilium.io/agent-not-ready'" in tolerations
+    assert "has(t.key) && t.key != ''" in tolerations
 
 
 def test_labels_outside_the_domain_are_the_pools_own(dev_document: dict[str, Any]) -> None:
