@@ -80,8 +80,11 @@ class ControlPlane:
         controller_manager: bool = False,
         kwok: bool = False,
         karpenter: bool = False,
+        instance_types: Path | None = None,
         timeout: float = 90.0,
     ) -> ControlPlane:
+        """Start the API server and the components asked for; ``instance_types`` is the
+        instance types file Karpenter's KWOK provider offers (its built-in list if None)."""
         try:
             self._start_apiserver(controller_manager, timeout)
             if scheduler or kwok or karpenter:
@@ -106,7 +109,7 @@ class ControlPlane:
             if kwok or karpenter:
                 self._start_kwok(timeout)
             if karpenter:
-                self._start_karpenter(timeout)
+                self._start_karpenter(timeout, instance_types)
         except BaseException as error:
             saved = self.stop(failed=True)
             if saved is not None:
@@ -285,7 +288,7 @@ class ControlPlane:
         ]
         self._launch("kwok", argv, f"http://127.0.0.1:{port}/healthz", timeout)
 
-    def _start_karpenter(self, timeout: float) -> None:
+    def _start_karpenter(self, timeout: float, instance_types: Path | None) -> None:
         self.apply_crds()
         health = free_port()
         env = {
@@ -296,6 +299,8 @@ class ControlPlane:
             "HEALTH_PROBE_PORT": str(health),
             "LOG_LEVEL": "info",
         }
+        if instance_types is not None:
+            env["INSTANCE_TYPES_FILE_PATH"] = str(instance_types)
         self._launch(
             "karpenter-kwok",
             [self.bins.bin("karpenter-kwok")],

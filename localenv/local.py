@@ -41,6 +41,7 @@ from localenv.workdir import keep_requested, new_workdir, release
 
 ROOT = Path(__file__).resolve().parent.parent
 FAULTS = ("kill-controller", "restart-redis", "drop-webhooks", "lose-node")
+LOGGERS = ("localenv", "kubernetes", "urllib3")  # the in-process parts, logged to the run
 DEFAULT_OUT = (
     Path(
         os.environ.get("RUNNER_PLATFORM_CACHE")
@@ -152,22 +153,27 @@ class Run:
         (self.workdir / "logs").mkdir(parents=True, exist_ok=True)
         handler = logging.FileHandler(self.workdir / "logs" / "local.log")
         handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
-        for name in ("localenv", "kubernetes", "urllib3"):
+        for name in LOGGERS:
             logger = logging.getLogger(name)
             logger.addHandler(handler)
             logger.propagate = False
+        self.log_handler = handler  # taken off again in down(): runs may follow in-process
         types = stack_objects.kwok_instance_types(self.spec, self.prices)
         types_file = self.workdir / "instance-types.json"
         types_file.write_text(json.dumps(types, indent=1))
-        # Karpenter-KWOK reads its instance types from this file; the variable reaches
-        # it through the environment ControlPlane starts it with.
-        os.environ["INSTANCE_TYPES_FILE_PATH"] = str(types_file)
         _say("building or finding the Kubernetes binaries (cached after the first run)")
         bins = k8s_bins()
         _say("starting etcd, kube-apiserver, scheduler, controller-manager, KWOK, Karpenter")
         self.plane = ControlPlane(bins)
         self.servers.append(self.plane)
-        self.plane.start(scheduler=True, controller_manager=True, kwok=True, karpenter=True)
+        # Karpenter-KWOK offers the instance types of this file (the price table's).
+        self.plane.start(
+            scheduler=True,
+            controller_manager=True,
+            kwok=True,
+            karpenter=True,
+            instance_types=types_file,
+        )
         _say("starting Redis (AOF), OpenBao, moto and the GitHub emulators")
         self.redis = Redis(appendonly=True)
         self.servers.append(self.redis)
@@ -841,6 +847,12 @@ class Run:
                 server.stop()
             except Exception as error:  # stop the rest all the same
                 _say(f"stopping {type(server).__name__}: {error}")
+        handler = getattr(self, "log_handler", None)
+        if handler is not None:
+            for name in LOGGERS:
+                logging.getLogger(name).removeHandler(handler)
+                logging.getLogger(name).propagate = True
+            handler.close()
         release(self.workdir, keep=keep_requested())
 
 
