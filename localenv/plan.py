@@ -86,6 +86,13 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as error:
         print(f"plan: {policy_file} is not JSON: {error}", file=sys.stderr)
         return 2
+    if not isinstance(policy_config, dict):
+        print(
+            f"plan: {policy_file} is not a JSON object (policy name → settings): "
+            f"{type(policy_config).__name__}",
+            file=sys.stderr,
+        )
+        return 2
     if args.policy_config and not policy_file.exists():
         print(f"plan: no policy config at {policy_file}", file=sys.stderr)
         return 2

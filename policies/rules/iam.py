@@ -102,8 +102,11 @@ def _validate_trust(args: ResourceValidationArgs, report: ReportViolation) -> No
             continue
         principal = statement.get("Principal")
         federated = as_list(principal.get("Federated")) if isinstance(principal, dict) else []
-        wildcard = principal == "*" or any("*" in str(f) for f in federated)
-        if wildcard and (names_action(statement, WEB_IDENTITY) or principal == "*"):
+        aws = as_list(principal.get("AWS")) if isinstance(principal, dict) else []
+        # '*' and {"AWS": "*"} let every AWS account (and anyone) assume it, by any action.
+        anyone = principal == "*" or any(str(a).strip() == "*" for a in aws)
+        any_provider = any("*" in str(f) for f in federated)
+        if anyone or (any_provider and names_action(statement, WEB_IDENTITY)):
             report(
                 f"trusts any principal or identity provider ({principal!r}) to assume it: "
                 "a token from any issuer would do",
@@ -193,6 +196,9 @@ role_session_limit = ResourceValidationPolicy(
 # --- escalation policies on team roles ---------------------------------------------------
 
 ROLE_POLICY_ATTACHMENT = "aws:iam/rolePolicyAttachment:RolePolicyAttachment"
+ROLE_POLICY_ATTACHMENTS_EXCLUSIVE = (
+    "aws:iam/rolePolicyAttachmentsExclusive:RolePolicyAttachmentsExclusive"
+)
 POLICY_ATTACHMENT = "aws:iam/policyAttachment:PolicyAttachment"
 TEAM_ROLE_PREFIX = "github-runner-"
 # Managed policies that reach past one team in a shared account: IAM itself (a team could
@@ -221,6 +227,9 @@ ESCALATION_POLICIES = frozenset(
 )
 
 
+_ESCALATION_NAMES = frozenset(name.lower() for name in ESCALATION_POLICIES)
+
+
 # Beyond the list, any name of these shapes: full or administrative access to a service
 # reaches every team's resources of it in a shared account (AmazonS3FullAccess: every
 # bucket; AWSCodeBuildAdminAccess: every project and its role).
@@ -228,11 +237,12 @@ _ESCALATION_SHAPE = re.compile(r"(FullAccess|AdminAccess|Administrator|PowerUser
 
 
 def escalation_policy(arn: Any) -> str | None:
-    """The deny-listed name of a managed policy ARN, or None."""
+    """The deny-listed name of a managed policy ARN, or None. IAM names are caseless: a
+    customer copy named ``secretsmanagerreadwrite`` counts too."""
     if not isinstance(arn, str) or ":policy/" not in arn:
         return None
     name = arn.strip().rsplit("/", 1)[-1]
-    if name in ESCALATION_POLICIES or _ESCALATION_SHAPE.search(name):
+    if name.lower() in _ESCALATION_NAMES or _ESCALATION_SHAPE.search(name):
         return name
     return None
 
@@ -248,6 +258,9 @@ def _attachments(args: ResourceValidationArgs) -> list[tuple[str | None, Any]]:
     props = args.props
     if args.resource_type == ROLE_POLICY_ATTACHMENT:
         return [(_role_name(props.get("role")), props.get("policyArn"))]
+    if args.resource_type == ROLE_POLICY_ATTACHMENTS_EXCLUSIVE:
+        name = _role_name(props.get("roleName"))
+        return [(name, arn) for arn in as_list(props.get("policyArns"))]
     if args.resource_type == POLICY_ATTACHMENT:
         return [(_role_name(r), props.get("policyArn")) for r in as_list(props.get("roles"))]
     if args.resource_type == ROLE:
@@ -272,7 +285,8 @@ def _validate_escalation(args: ResourceValidationArgs, report: ReportViolation) 
     allowed = _allowed(args.get_config())
     for role, arn in _attachments(args):
         name = escalation_policy(arn)
-        if role is None or not role.startswith(TEAM_ROLE_PREFIX) or name is None:
+        # IAM role names are caseless: GitHub-Runner-web-role is a team role too.
+        if role is None or not role.lower().startswith(TEAM_ROLE_PREFIX) or name is None:
             continue
         if (role, str(arn)) in allowed:
             continue

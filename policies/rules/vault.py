@@ -71,10 +71,18 @@ def _claim_values(claims: Any, key: str) -> list[str]:
     return [str(v) for v in as_list(value)]
 
 
+def _comma_list(value: Any) -> list[str]:
+    """A Vault comma-string-slice field as Vault stores it: a string is split on ',' and
+    each part trimmed (``"a, b"`` is two items), a list is taken item by item."""
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return [str(v) for v in as_list(value)]
+
+
 def _scope_problems(role: dict[str, Any]) -> list[str]:
     name = role.get("name", "?")
     problems: list[str] = []
-    audiences = [str(a) for a in as_list(role.get("boundAudiences"))]
+    audiences = _comma_list(role.get("boundAudiences"))
     if not audiences:
         problems.append(f"Vault role '{name}' binds no audience: a token for any service logs in")
     if wild := [a for a in audiences if "*" in a or "?" in a]:
@@ -100,8 +108,9 @@ def _scope_problems(role: dict[str, Any]) -> list[str]:
             f"({owner_ids or 'unbound'}): an org re-created under the same name would log in"
         )
     own = f"{POLICY_PREFIX}{name}"
-    # Vault trims and lower-cases policy names: ' Runner-Web' is runner-web there.
-    for policy in (str(p).strip().lower() for p in as_list(role.get("tokenPolicies"))):
+    # Vault splits a string on ',', trims and lower-cases policy names: ' Runner-Web' is
+    # runner-web there, and 'runner-ml, root' is two policies.
+    for policy in (p.strip().lower() for p in _comma_list(role.get("tokenPolicies"))):
         if policy == "root":
             problems.append(f"Vault role '{name}' gives its tokens the 'root' policy")
         elif policy.startswith(POLICY_PREFIX) and policy != own:

@@ -5,15 +5,19 @@ from __future__ import annotations
 
 import copy
 import json
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from controller.model import SpecError, load_spec
 from policies.evaluate import check
-from policies.rules import github_oidc_trust, vault_role_scoped
+from policies.rules import github_oidc_trust, team_role_no_escalation, vault_role_scoped
 from policies.rules.iam import escalation_policy
 from tests.conftest import DEV_DOCUMENT
+from tests.hostile_support import ROOT
 
 ROLE = "aws:iam/role:Role"
 VAULT_AUTH = "runner-platform:vault:VaultAuth"
@@ -76,6 +80,22 @@ def test_the_pack_refuses_a_case_variant_of_the_sts_audience() -> None:
     assert any("AWS STS audience" in m for m in _vault(boundAudiences=["STS.amazonaws.com"]))
 
 
+def test_the_pack_splits_a_string_of_audiences_as_vault_does() -> None:
+    # Vault stores bound_audiences="a,b" as two audiences: the second is STS's.
+    messages = _vault(boundAudiences="runner-platform-vault,sts.amazonaws.com")
+    assert any("binds the AWS STS audience 'sts.amazonaws.com'" in m for m in messages)
+
+
+def test_the_pack_splits_a_string_of_policies_as_vault_does() -> None:
+    assert _vault(tokenPolicies="default,runner-web") == [
+        "Vault role 'ml' gives its tokens 'runner-web', a platform policy that is not its "
+        "own ('runner-ml'): another team's secrets"
+    ]
+    assert _vault(tokenPolicies="runner-ml, root") == [
+        "Vault role 'ml' gives its tokens the 'root' policy"
+    ]
+
+
 def test_the_pack_refuses_an_address_with_user_information() -> None:
     props = {"address": "https://vault.acme.internal@evil.example:8200", "roles": []}
     messages = check(vault_role_scoped, VAULT_AUTH, "vault", props)
@@ -97,6 +117,24 @@ def _trust(principal: Any, condition: dict[str, Any] | None = None) -> dict[str,
 def test_a_trust_open_to_any_identity_provider_is_refused(principal: Any) -> None:
     messages = check(github_oidc_trust, ROLE, "r", _trust(principal))
     assert any("trusts any principal or identity provider" in m for m in messages)
+
+
+@pytest.mark.parametrize("principal", [{"AWS": "*"}, {"AWS": ["arn:aws:iam::1:root", "*"]}])
+def test_a_trust_open_to_every_aws_account_is_refused(principal: Any) -> None:
+    statement = {"Effect": "Allow", "Principal": principal, "Action": "sts:AssumeRole"}
+    props = {"assumeRolePolicy": json.dumps({"Version": "2012-10-17", "Statement": [statement]})}
+    messages = check(github_oidc_trust, ROLE, "r", props)
+    assert any("trusts any principal or identity provider" in m for m in messages)
+
+
+def test_a_trust_of_one_aws_account_is_not_a_wildcard() -> None:
+    statement = {
+        "Effect": "Allow",
+        "Principal": {"AWS": "arn:aws:iam::1:root"},
+        "Action": "sts:AssumeRole",
+    }
+    props = {"assumeRolePolicy": json.dumps({"Version": "2012-10-17", "Statement": [statement]})}
+    assert check(github_oidc_trust, ROLE, "r", props) == []
 
 
 def test_a_github_trust_for_another_audience_is_refused() -> None:
@@ -132,3 +170,54 @@ def test_full_and_admin_access_policies_are_escalations(arn: str) -> None:
 )
 def test_read_only_and_named_policies_are_not(arn: str) -> None:
     assert escalation_policy(arn) is None
+
+
+def test_a_customer_copy_of_a_listed_policy_counts_in_any_case() -> None:
+    arn = "arn:aws:iam::123456789012:policy/secretsmanagerreadwrite"
+    assert escalation_policy(arn) == "secretsmanagerreadwrite"
+
+
+ADMIN = "arn:aws:iam::aws:policy/AdministratorAccess"
+
+
+def test_a_team_role_name_in_another_case_is_a_team_role() -> None:
+    props = {"role": "GitHub-Runner-web-role", "policyArn": ADMIN}
+    messages = check(
+        team_role_no_escalation, "aws:iam/rolePolicyAttachment:RolePolicyAttachment", "r", props
+    )
+    assert len(messages) == 1
+    assert "to team role 'GitHub-Runner-web-role'" in messages[0]
+
+
+def test_exclusive_role_policy_attachments_are_checked() -> None:
+    kind = "aws:iam/rolePolicyAttachmentsExclusive:RolePolicyAttachmentsExclusive"
+    props = {
+        "roleName": "github-runner-ml-role",
+        "policyArns": ["arn:aws:iam::aws:policy/AmazonS3ReadOnlyAccess", ADMIN],
+    }
+    assert check(team_role_no_escalation, kind, "r", props) == [
+        f"attaches {ADMIN} to team role 'github-runner-ml-role': AdministratorAccess reaches "
+        "past the team in a shared account (IAM, or every instance, secret or key of it); a "
+        "stack that must allows it in its policy config ('allow': role, policyArn and a reason)"
+    ]
+    by_arn = {"roleName": "arn:aws:iam::1:role/github-runner-ml-role", "policyArns": [ADMIN]}
+    assert len(check(team_role_no_escalation, kind, "r", by_arn)) == 1
+    other = {"roleName": "KarpenterNodeRole-x", "policyArns": [ADMIN]}
+    assert check(team_role_no_escalation, kind, "r", other) == []
+
+
+def test_a_policy_config_that_is_not_an_object_is_refused(tmp_path: Path) -> None:
+    config = tmp_path / "not-an-object.json"
+    config.write_text("[1]")
+    done = subprocess.run(
+        [sys.executable, "-m", "localenv.plan", "--stack", "dev", "--policy-config", str(config)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert str(config) in done.stderr
+    assert "not a JSON object" in done.stderr
+    assert "Traceback" not in done.stderr
