@@ -161,7 +161,7 @@ def _finish_all(platform: Platform, jobs: list[int]) -> None:
     def unrecorded() -> set[str]:
         ends = ("runner-finished", "reaped", "runner-lost", "runner-abandoned")
         reasons = " ".join(r["reason"] for r in _audited_all(platform) if r["decision"] in ends)
-        return made - set(re.findall(r"(?:pod|registration) (\S+)", reasons))
+        return made - set(re.findall(r"(?:pod|registration) ([a-z0-9][a-z0-9.-]*)", reasons))
 
     # Every runner the platform made: its end is on the record too (written after the
     # clean-up calls).
