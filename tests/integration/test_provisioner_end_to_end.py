@@ -11,6 +11,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from controller.provision.demand import busy_key
 from controller.streams import pending_key
 from tests.integration.platform_support import ROLE_ARNS, Platform, job_status, module_platform
 
@@ -71,6 +72,42 @@ def test_a_queued_job_gets_a_runner_that_takes_it_and_is_cleaned_up(platform: Pl
         )
 
     platform.wait(cleaned, 60, "pod, Secret and registration gone")
+    platform.wait(lambda: len(_idle_web(platform)) == 2, 60, "back to two idle runners")
+
+
+def test_a_busy_runner_the_platform_forgot_is_read_back_from_github(platform: Platform) -> None:
+    platform.wait(lambda: len(_idle_web(platform)) == 2, 60, "two idle web runners")
+    job = platform.queue("web", WEB, "acme-corp/storefront")
+    platform.wait(lambda: job_status(platform, "cloud", job) == "in_progress", 60, "job started")
+    world = platform.emulators["cloud"].world
+    runner = world.jobs[job].runner
+    assert runner is not None
+    store, key = platform.redis(), busy_key("web-warm")
+    platform.wait(lambda: store.hget(key, runner.name), 60, "the runner busy in Redis")
+    platform.wait(lambda: len(_idle_web(platform)) == 3, 60, "a replacement idle runner")
+    # Redis loses what the in_progress webhook told it (a restart without persistence):
+    # the platform would count the busy runner as idle supply and keep one idle too few.
+    store.hdel(key, runner.name)
+    # The reaper asks GitHub, which says busy: busy again here, with its job unknown.
+    restored = platform.wait(
+        lambda: store.hget(key, runner.name), 150, "the busy runner read back from GitHub"
+    )
+    assert restored == b"unknown"
+    assert world.jobs[job].status == "in_progress"  # the job was never cut short
+    assert runner.id in world.runners
+    assert runner.name in {p.metadata.name for p in platform.live_pods("web-warm")}
+    platform.wait(lambda: len(_idle_web(platform)) == 3, 60, "two idle beside the busy one")
+    world.complete_job(job, "success")
+    platform.emulators["cloud"].flush()
+    platform.wait(
+        lambda: (
+            all(p.metadata.name != runner.name for p in platform.pods("web-warm"))
+            and runner.id not in world.runners
+            and store.hget(key, runner.name) is None
+        ),
+        60,
+        "the runner cleaned up and busy no more",
+    )
     platform.wait(lambda: len(_idle_web(platform)) == 2, 60, "back to two idle runners")
 
 
