@@ -8,6 +8,7 @@ import signal
 import threading
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -27,6 +28,17 @@ def _idle_web(platform: Platform) -> list[str]:
     return [p.metadata.name for p in platform.live_pods("web-warm")]
 
 
+def _a_web_job_started(platform: Platform) -> tuple[int, Any, Any]:
+    """With web's two idle runners up, a web job queued and taken: (job, world, runner)."""
+    platform.wait(lambda: len(_idle_web(platform)) == 2, 60, "two idle web runners")
+    job = platform.queue("web", WEB, "acme-corp/storefront")
+    platform.wait(lambda: job_status(platform, "cloud", job) == "in_progress", 60, "job started")
+    world = platform.emulators["cloud"].world
+    runner = world.jobs[job].runner
+    assert runner is not None
+    return job, world, runner
+
+
 def test_min_idle_runners_wait_on_the_teams_first_pool(platform: Platform) -> None:
     # web keeps min_idle: 2 on warm (its first pool) and none on nvme.
     names = platform.wait(lambda: len(_idle_web(platform)) == 2, 60, "two idle web runners")
@@ -43,12 +55,7 @@ def test_min_idle_runners_wait_on_the_teams_first_pool(platform: Platform) -> No
 
 
 def test_a_queued_job_gets_a_runner_that_takes_it_and_is_cleaned_up(platform: Platform) -> None:
-    platform.wait(lambda: len(_idle_web(platform)) == 2, 60, "two idle web runners")
-    job = platform.queue("web", WEB, "acme-corp/storefront")
-    platform.wait(lambda: job_status(platform, "cloud", job) == "in_progress", 60, "job started")
-    world = platform.emulators["cloud"].world
-    runner = world.jobs[job].runner
-    assert runner is not None
+    job, world, runner = _a_web_job_started(platform)
     pod = next(p for p in platform.pods("web-warm") if p.metadata.name == runner.name)
     # The pod is exactly what the builder makes for this team and pool.
     assert pod.metadata.namespace == "runners-web"
@@ -76,12 +83,7 @@ def test_a_queued_job_gets_a_runner_that_takes_it_and_is_cleaned_up(platform: Pl
 
 
 def test_a_busy_runner_the_platform_forgot_is_read_back_from_github(platform: Platform) -> None:
-    platform.wait(lambda: len(_idle_web(platform)) == 2, 60, "two idle web runners")
-    job = platform.queue("web", WEB, "acme-corp/storefront")
-    platform.wait(lambda: job_status(platform, "cloud", job) == "in_progress", 60, "job started")
-    world = platform.emulators["cloud"].world
-    runner = world.jobs[job].runner
-    assert runner is not None
+    job, world, runner = _a_web_job_started(platform)
     store, key = platform.redis(), busy_key("web-warm")
     platform.wait(lambda: store.hget(key, runner.name), 60, "the runner busy in Redis")
     platform.wait(lambda: len(_idle_web(platform)) == 3, 60, "a replacement idle runner")
