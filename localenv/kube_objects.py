@@ -71,8 +71,8 @@ INSTANCE_PROFILES: dict[str, InstanceProfile] = {
     for p in (
         InstanceProfile("m7i.4xlarge", cpu=16, memory_gib=64),
         InstanceProfile("c7i.4xlarge", cpu=16, memory_gib=32),
-        InstanceProfile("g6.xlarge", cpu=4, memory_gib=16, gpus=1),
-        InstanceProfile("g6.12xlarge", cpu=48, memory_gib=192, gpus=4),
+        InstanceProfile("g6.xlarge", cpu=4, memory_gib=16, gpus=1, nvme_gib=250),
+        InstanceProfile("g6.12xlarge", cpu=48, memory_gib=192, gpus=4, nvme_gib=3760),
         InstanceProfile("r7i.4xlarge", cpu=16, memory_gib=128),
         InstanceProfile("i4i.4xlarge", cpu=16, memory_gib=128, nvme_gib=3750),
     )
