@@ -164,6 +164,13 @@ class Metrics:
             ["instance", "result"],
             registry=r,
         )
+        self.provision_passes = Counter(
+            "runner_platform_provision_passes_total",
+            "Provisioner passes over a scale set this replica holds, by result: ok, error. "
+            "One that stops growing while the replica holds the scale set is a stalled one.",
+            ["scale_set", "result"],
+            registry=r,
+        )
         self.kube_api_errors = Counter(
             "runner_platform_kube_api_errors_total",
             "Failed Kubernetes API requests by verb, resource and status code.",

@@ -255,7 +255,9 @@ class Provisioner:
         try:
             demand = (await self.demand_store.demand([name]))[name]
             await self.reconcile(self.scale_sets[name], demand)
+            self.metrics.provision_passes.labels(name, "ok").inc()
         except Exception:
+            self.metrics.provision_passes.labels(name, "error").inc()
             log.exception("reconciling scale set %s failed", name)
         finally:
             self._pass_began.pop(name, None)

@@ -23,6 +23,7 @@ from typing import Any
 import httpx
 import redis as redis_sync
 from kubernetes import client
+from prometheus_client.parser import text_string_to_metric_families
 
 from components.controller_manifests import CONTROLLER_NAME, namespaces, rbac, service_accounts
 from components.node_pools import daemonset_pods, runner_priority_class
@@ -37,6 +38,8 @@ from localenv.kube_objects import pool_node
 from localenv.process import free_port, wait_for
 from tests.conftest import DEV_DOCUMENT, ROOT
 from tests.integration.router_support import SECRETS
+
+Metrics = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
 
 def kwok_spec() -> PlatformSpec:
@@ -140,6 +143,7 @@ class Platform:
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     port: int = 0
     hooked: bool = False
+    metrics_ports: dict[str, int] = field(default_factory=dict)  # provision process → port
     kubeconfig: Path | None = None
     token: str = ""
 
@@ -258,10 +262,13 @@ class Platform:
             self.port = free_port()
         for command in commands or ("serve", "listen", "provision"):
             key = name or command
+            env = self.env()
+            if command == "provision":
+                self.metrics_ports[key] = int(env["RUNNER_PLATFORM_PROVISION_METRICS_PORT"])
             with (self.workdir / f"{key}.log").open("ab") as log:
                 self.processes[key] = subprocess.Popen(
                     [sys.executable, "-m", "controller", command],
-                    env=self.env(),
+                    env=env,
                     stdout=log,
                     stderr=subprocess.STDOUT,
                     cwd=ROOT,
@@ -279,6 +286,35 @@ class Platform:
                         )
                 self.hooked = True
         return self
+
+    def provision_metrics(self, key: str = "provision") -> Metrics:
+        """Every sample a provision process exposes, keyed by name and sorted labels."""
+        port = self.metrics_ports[key]
+        text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+        return {
+            (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples
+        }
+
+    def passes(self, scale_set: str, key: str = "provision") -> float:
+        """Passes the provision process ``key`` has made over ``scale_set`` without error."""
+        try:
+            metrics = self.provision_metrics(key)
+        except httpx.TransportError:
+            return 0.0  # not serving yet (just started)
+        labels = (("result", "ok"), ("scale_set", scale_set))
+        return metrics.get(("runner_platform_provision_passes_total", labels), 0.0)
+
+    def settle(self, scale_set: str, passes: int = 3, key: str = "provision") -> None:
+        """Wait for ``passes`` more provisioner passes over ``scale_set`` (so an assertion
+        that nothing more is created has seen the provisioner look, on any machine)."""
+        before = self.passes(scale_set, key)
+        self.wait(
+            lambda: self.passes(scale_set, key) >= before + passes,
+            60,
+            f"{passes} more provisioner passes over {scale_set}",
+        )
 
     def _ready(self) -> bool:
         try:

@@ -117,7 +117,7 @@ def test_a_non_members_job_never_yields_a_pod(platform: Platform) -> None:
     platform.wait(lambda: len(_idle_web(platform)) == 2, 60, "two idle web runners")
     before = {p.metadata.name for p in platform.pods()}
     job = platform.queue("web", ["self-hosted", "linux", "nvme"], "acme-corp/storefront", "mallory")
-    time.sleep(6)  # three resync passes of the provisioner
+    platform.settle("web-nvme")  # three passes of the provisioner
     after = {p.metadata.name for p in platform.pods("web-nvme")}
     assert after - before == set()
     assert platform.redis().zcard(pending_key("web-nvme")) == 0
@@ -191,7 +191,7 @@ def test_the_same_job_delivered_100_times_and_replayed_after_a_kill_gets_one_run
     # The new process takes the killed one's Lease once it expires (15 s), then acts.
     holder = platform.wait(lambda: platform.lease_holder(new=True), 40, "the Lease taken over")
     assert holder.endswith(str(platform.processes["provision"].pid))
-    time.sleep(4)  # two passes after taking over
+    platform.settle("web-nvme", 2)  # two passes after taking over
     assert _most_live(platform, "web-nvme", 6) == 1  # no second runner for the same demand
     cloud.world.complete_job(job.id, "success")
     platform.wait(lambda: platform.live_pods("web-nvme") == [], 60, "the runner cleaned up")

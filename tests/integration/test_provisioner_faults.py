@@ -17,15 +17,13 @@ from collections.abc import Iterator
 from types import TracebackType
 from typing import Any
 
-import httpx
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from localenv.fault_proxy import FaultProxy
 from localenv.github import GitHubEmulator
 from localenv.kube import ControlPlane
 from localenv.process import free_port
-from tests.integration.platform_support import Platform, job_status, module_platform
+from tests.integration.platform_support import Metrics, Platform, job_status, module_platform
 
 NVME = ["self-hosted", "nvme"]
 SCALE_SET = "web-nvme"
@@ -34,7 +32,6 @@ POD_CREATES = rf"^/api/v1/namespaces/{NAMESPACE}/pods$"
 SECRET_CREATES = rf"^/api/v1/namespaces/{NAMESPACE}/secrets$"
 WATCH = rf"^/api/v1/namespaces/{NAMESPACE}/pods\?.*watch=1"
 RELIST = rf"^/api/v1/namespaces/{NAMESPACE}/pods\?(?!.*watch=)"
-Metrics = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
 
 @pytest.fixture(scope="module")
@@ -72,16 +69,6 @@ def no_faults_left(
 
 
 # -- helpers --
-
-
-def _metrics(platform: Platform) -> Metrics:
-    port = platform.extra_env["RUNNER_PLATFORM_PROVISION_METRICS_PORT"]
-    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
-    return {
-        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-    }
 
 
 def _grew(before: Metrics, after: Metrics, name: str, **labels: str) -> float:
@@ -155,7 +142,7 @@ def _settle(platform: Platform, jobs: list[int]) -> None:
     platform.wait(
         lambda: _one_runner_each(platform, jobs), 30, "one pod, Secret, registration each"
     )
-    time.sleep(4)  # two more passes: nothing else is created
+    platform.settle(SCALE_SET)  # more passes: nothing else is created
     assert _one_runner_each(platform, jobs), _state(platform, jobs)
 
 
@@ -209,7 +196,7 @@ def _deletes(emulator: GitHubEmulator) -> int:
 def test_kube_429_and_5xx_on_every_other_create_lose_nothing_and_double_nothing(
     platform: Platform, proxy: FaultProxy
 ) -> None:
-    before = _metrics(platform)
+    before = platform.provision_metrics()
     codes = [(r, c) for r in ("pods", "secrets") for c in (429, 500, 503)]
     earlier = {(r, c): proxy.faults.count("POST", rf"/{r}$", c) for r, c in codes}
     # Every other pod create is answered 429, 500 or 503 in turn (Retry-After 1), and
@@ -222,7 +209,7 @@ def test_kube_429_and_5xx_on_every_other_create_lose_nothing_and_double_nothing(
         _settle(platform, jobs)
     assert peak.most == len(jobs)  # never a second runner for the same demand
     assert pods.injected >= 3 and secrets.injected >= 2  # of at least 6 creates each
-    after = _metrics(platform)
+    after = platform.provision_metrics()
     errors = "runner_platform_kube_api_errors_total"
     for resource, code in codes:
         injected = proxy.faults.count("POST", rf"/{resource}$", code) - earlier[resource, code]
@@ -241,7 +228,7 @@ def test_creates_failing_past_their_retries_are_undone_whole_and_lost_replies_ta
     platform: Platform, proxy: FaultProxy
 ) -> None:
     cloud = platform.emulators["cloud"]
-    before, deletes = _metrics(platform), _deletes(cloud)
+    before, deletes = platform.provision_metrics(), _deletes(cloud)
     pod_deletes = rf"^/api/v1/namespaces/{NAMESPACE}/pods/web-nvme-"
     deleted = proxy.count("DELETE", pod_deletes, 200)
     # 1st runner: its pod is created but the reply lost, then five more attempts fail:
@@ -261,7 +248,7 @@ def test_creates_failing_past_their_retries_are_undone_whole_and_lost_replies_ta
     assert all(rule.spent for rule in proxy.faults.rules)
     assert proxy.count("DELETE", pod_deletes, 200) - deleted == 2  # by the provisioner
     assert _deletes(cloud) - deletes == 2  # both undone registrations, by the provisioner
-    after = _metrics(platform)
+    after = platform.provision_metrics()
     jit = "runner_platform_jit_configs_total"
     assert _grew(before, after, jit, instance="cloud", result="created") == 3
     assert _grew(before, after, jit, instance="cloud", result="error") == 2
@@ -299,7 +286,7 @@ def test_jitconfig_5xx_is_retried_and_a_lost_reply_leaves_nothing_behind(
     platform: Platform,
 ) -> None:
     cloud = platform.emulators["cloud"]
-    before = _metrics(platform)
+    before = platform.provision_metrics()
     # The first JIT request is served and its reply lost (502): a registration nobody
     # has a config for. The next three are answered 502 before anything is done.
     lost = cloud.fail("jitconfig", 502, times=1, after=True)
@@ -309,7 +296,7 @@ def test_jitconfig_5xx_is_retried_and_a_lost_reply_leaves_nothing_behind(
         _settle(platform, jobs)  # registrations == pods: the lost one was reaped
     assert peak.most == len(jobs)
     assert (lost.injected, down.injected) == (1, 3)
-    after = _metrics(platform)
+    after = platform.provision_metrics()
     jit = "runner_platform_jit_configs_total"
     assert _grew(before, after, jit, instance="cloud", result="unavailable") == 4
     assert _grew(before, after, jit, instance="cloud", result="created") == 3
@@ -323,7 +310,7 @@ def test_jitconfig_5xx_is_retried_and_a_lost_reply_leaves_nothing_behind(
 
 def test_the_secondary_rate_limit_is_waited_out_not_hammered(platform: Platform) -> None:
     cloud = platform.emulators["cloud"]
-    before = _metrics(platform)
+    before = platform.provision_metrics()
     # 10 points a minute per token and endpoint: two JIT configs (5 points each). The
     # first two are charged 45 s in the past, so that minute ends about 15 s from now.
     cloud.enable_rate_limits(primary=None, secondary_points=10)
@@ -340,7 +327,7 @@ def test_the_secondary_rate_limit_is_waited_out_not_hammered(platform: Platform)
         with _Peak(platform) as peak:
             _settle(platform, jobs)
         assert peak.most == len(jobs)
-        after = _metrics(platform)
+        after = platform.provision_metrics()
         calls = "runner_platform_github_api_calls_total"
         refused = _grew(before, after, calls, endpoint="generate_jitconfig", status="403")
         # Each refusal's retry-after was waited out: a refusal or two per runner being

@@ -249,7 +249,7 @@ def test_the_provisioner_killed_mid_burst_of_a_thousand_jobs(platform: Platform)
     assert platform.kill("provision") != 0  # SIGKILL, mid-burst
     platform.start("provision")
     _wait_all_served(platform, jobs, 300)
-    time.sleep(6)  # a few more passes: nothing more is created
+    platform.settle(SCALE_SET)  # a few more passes: nothing more is created
     assert len(_pods(platform)) == BURST
     _assert_exactly_once(platform, jobs)
     # A registration made just before the kill without its pod is reaped, on the record.
@@ -277,7 +277,7 @@ def test_redis_restarted_mid_burst(platform: Platform, aof_redis: Redis) -> None
         "ready again",
     )
     _wait_all_served(platform, jobs, 240)
-    time.sleep(6)
+    platform.settle(SCALE_SET)
     assert len(_pods(platform)) == len(jobs)
     _assert_exactly_once(platform, jobs)
     late = platform.queue("web", WARM, REPO)  # and the whole path works again
@@ -291,7 +291,7 @@ def test_the_api_server_throttles_for_a_while(platform: Platform, proxy: FaultPr
     jobs = [platform.queue("web", WARM, REPO) for _ in range(150)]
     _wait_all_served(platform, jobs, 240)
     assert fault.injected > 0
-    time.sleep(6)
+    platform.settle(SCALE_SET)
     assert len(_pods(platform)) == len(jobs)
     _assert_exactly_once(platform, jobs)
     _finish_all(platform, jobs)

@@ -171,6 +171,7 @@ def test_the_provisioner_contract_is_exposed() -> None:
         "runner_platform_kube_api_seconds_bucket",
         "runner_platform_kube_api_errors_total",
         "runner_platform_jobs_completed_total",
+        "runner_platform_provision_passes_total",
     } <= exposed
 
 
