@@ -515,16 +515,11 @@ class Provisioner:
             # and at most a registration without a pod, which the reaper removes (and
             # records); never a pod nobody recorded. No record (Redis away): no pod.
             try:
-                await self.audit.record(
-                    AuditRecord(
-                        decision="runner-created",
-                        reason=f"pod {runner.name} runner {runner.runner_id}",
-                        instance=scale_set.instance,
-                        org=scale_set.org,
-                        scale_set=scale_set.name,
-                        team=scale_set.team,
-                        action="create",
-                    ),
+                await self._record(
+                    scale_set,
+                    "runner-created",
+                    f"pod {runner.name} runner {runner.runner_id}",
+                    "create",
                     required=True,
                 )
             except AuditUnavailable:
@@ -577,16 +572,33 @@ class Provisioner:
         """Undo a recorded creation that did not complete: the registration goes (if this
         replica may still touch it; else the reaper's), and its end is on the record."""
         outcome = await self._delete_registration(scale_set, runner.runner_id)
+        await self._record(
+            scale_set, "runner-abandoned", f"pod {runner.name}: {why}; registration {outcome}"
+        )
+
+    async def _record(
+        self,
+        scale_set: ScaleSet,
+        decision: str,
+        reason: str,
+        action: str = "cleanup",
+        *,
+        job_id: int | None = None,
+        required: bool = False,
+    ) -> None:
+        """One audit record of what happened to a runner of ``scale_set``."""
         await self.audit.record(
             AuditRecord(
-                decision="runner-abandoned",
-                reason=f"pod {runner.name}: {why}; registration {outcome}",
+                decision=decision,
+                reason=reason,
                 instance=scale_set.instance,
                 org=scale_set.org,
+                job_id=job_id,
                 scale_set=scale_set.name,
                 team=scale_set.team,
-                action="cleanup",
-            )
+                action=action,
+            ),
+            required=required,
         )
 
     # -- pods changing --
@@ -641,16 +653,10 @@ class Provisioner:
                 await self.demand_store.forget_busy(pod.scale_set, pod.name)
             except Exception as error:  # Redis away: the reaper's busy pass mends it
                 log.warning("forgetting %s as busy failed: %s", pod.name, error)
-            await self.audit.record(
-                AuditRecord(
-                    decision="runner-finished" if reason in ("succeeded", "failed") else "reaped",
-                    reason=f"{reason}: pod {pod.name} exit {pod.exit_code}",
-                    instance=scale_set.instance,
-                    org=scale_set.org,
-                    scale_set=scale_set.name,
-                    team=scale_set.team,
-                    action="cleanup",
-                )
+            await self._record(
+                scale_set,
+                "runner-finished" if reason in ("succeeded", "failed") else "reaped",
+                f"{reason}: pod {pod.name} exit {pod.exit_code}",
             )
             if reason not in ("succeeded",):
                 self.metrics.reaped.labels(reason, "pod").inc()
@@ -673,26 +679,16 @@ class Provisioner:
             if pod.runner_id:
                 outcome = await self._delete_registration(scale_set, pod.runner_id, name=pod.name)
             await self.demand_store.forget_busy(pod.scale_set, pod.name)
-        except (KubeError, GitHubError) as error:
-            outcome = f"error ({type(error).__name__}); the reaper retries"
-        except Exception as error:  # Redis away: recorded below all the same
+        except Exception as error:  # the API, GitHub or Redis away: recorded all the same
             outcome = f"error ({type(error).__name__}); the reaper retries"
         self.metrics.reaped.labels("lost", "pod").inc()
         try:
-            await self.audit.record(
-                AuditRecord(
-                    decision="runner-lost",
-                    reason=(
-                        f"pod {pod.name} on node {pod.node or '-'} gone while "
-                        f"{'running job ' + job if job else 'idle'}; registration {outcome}"
-                    ),
-                    instance=scale_set.instance,
-                    org=scale_set.org,
-                    job_id=int(job) if job.isdigit() else None,
-                    scale_set=scale_set.name,
-                    team=scale_set.team,
-                    action="cleanup",
-                )
+            await self._record(
+                scale_set,
+                "runner-lost",
+                f"pod {pod.name} on node {pod.node or '-'} gone while "
+                f"{'running job ' + job if job else 'idle'}; registration {outcome}",
+                job_id=int(job) if job.isdigit() else None,
             )
         except Exception:
             log.exception("auditing the loss of %s failed", pod.name)
