@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from pulumi_policy import StackValidationArgs
@@ -68,14 +68,23 @@ def names_action(statement: Mapping[str, Any], action: str) -> bool:
     return any(iam_glob(str(a), action, caseless=True) for a in as_list(statement.get("Action")))
 
 
-def runner_namespaces(args: StackValidationArgs) -> dict[str, str]:
-    """Namespace → team, for the Namespaces the stack declares for a team (labelled with it)."""
-    teams: dict[str, str] = {}
+def named_labels(
+    args: StackValidationArgs, resource_type: str
+) -> Iterator[tuple[str, Mapping[str, Any]]]:
+    """(name, labels) of every resource of ``resource_type`` with a name and labels."""
     for resource in args.resources:
-        if resource.resource_type != NAMESPACE:
+        if resource.resource_type != resource_type:
             continue
         labels = dig(resource.props, "metadata", "labels") or {}
         name = dig(resource.props, "metadata", "name")
-        if isinstance(name, str) and isinstance(labels, Mapping) and TEAM_LABEL in labels:
-            teams[name] = str(labels[TEAM_LABEL])
-    return teams
+        if isinstance(name, str) and isinstance(labels, Mapping):
+            yield name, labels
+
+
+def runner_namespaces(args: StackValidationArgs) -> dict[str, str]:
+    """Namespace → team, for the Namespaces the stack declares for a team (labelled with it)."""
+    return {
+        name: str(labels[TEAM_LABEL])
+        for name, labels in named_labels(args, NAMESPACE)
+        if TEAM_LABEL in labels
+    }

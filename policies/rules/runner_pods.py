@@ -28,7 +28,7 @@ from pulumi_policy import (
     StackValidationPolicy,
 )
 
-from policies.rules.common import as_list, dig, runner_namespaces
+from policies.rules.common import as_list, dig, named_labels, runner_namespaces
 
 TEAM_LABEL = "runner-platform.io/team"
 RUNNER_NAMESPACE_PREFIX = "runners-"
@@ -151,18 +151,11 @@ runner_pod_host_access = ResourceValidationPolicy(
 
 def _isolated_owners(args: StackValidationArgs) -> dict[str, str]:
     """Pool name → owning team, for the NodePools the stack declares as isolated."""
-    owners: dict[str, str] = {}
-    for resource in args.resources:
-        if resource.resource_type != NODE_POOL:
-            continue
-        labels = dig(resource.props, "metadata", "labels") or {}
-        if not isinstance(labels, Mapping) or labels.get(POOL_KIND_LABEL) != "isolated":
-            continue
-        owner = labels.get(POOL_OWNER_LABEL)
-        name = dig(resource.props, "metadata", "name")
-        if owner and name:
-            owners[str(name)] = str(owner)
-    return owners
+    return {
+        name: str(labels[POOL_OWNER_LABEL])
+        for name, labels in named_labels(args, NODE_POOL)
+        if labels.get(POOL_KIND_LABEL) == "isolated" and labels.get(POOL_OWNER_LABEL)
+    }
 
 
 def _pool_of(pod_spec: Mapping[str, Any]) -> str | None:
