@@ -159,7 +159,7 @@ async def _listen_forever(settings: Settings) -> int:
         logging.getLogger(__name__).error("a listener ended: %r", work.exception())
     work.cancel()
     await asyncio.gather(work, return_exceptions=True)
-    await audit.flush()  # records kept while Redis was away
+    await audit.flush_on_stop()  # records kept while Redis was away
     return 1 if failed else 0
 
 
@@ -301,7 +301,7 @@ async def _provision_forever(settings: Settings) -> int:
     await asyncio.gather(*loops, return_exceptions=True)
     if publisher is not None:
         await publisher.flush()
-    await audit.flush()  # records kept while Redis was away
+    await audit.flush_on_stop()  # records kept while Redis was away
     await shards.release_all()
     await kube.aclose()
     return 1 if failed else 0

@@ -76,15 +76,15 @@ class AuditLog:
         ahead)."""
         log_record(record)
         text = record.to_json()
-        if self._flushing.locked():
+        if self._flushing.locked() and not required:
             # A flush is under way: its batches left the backlog and are not written yet.
             # Behind them is this record's place; the flusher writes it too.
-            if required:
-                raise AuditUnavailable("audit stream catching up after Redis was away")
             self._keep(text)
             return
         try:
-            if self.backlog:
+            if self.backlog or self._flushing.locked():
+                # A required record waits for the flush (its caller waits to go ahead) and
+                # is written behind everything kept before it.
                 await self.flush()
             await asyncio.wait_for(
                 self.redis.xadd(
@@ -104,6 +104,18 @@ class AuditLog:
             self.dropped += 1
             log.error("audit backlog full: %d records dropped so far", self.dropped)
         self.backlog.append(text)
+
+    async def flush_on_stop(self) -> None:
+        """The last flush of a stopping process: what Redis still refuses is reported, and
+        the stop goes on (Leases released, connections closed)."""
+        try:
+            await self.flush()
+        except Exception as error:
+            log.error(
+                "audit stream unavailable at stop (%s): %d records lost with the process",
+                type(error).__name__,
+                len(self.backlog),
+            )
 
     async def flush(self) -> None:
         """Write the backlog in order, one flusher at a time; a batch leaves the backlog

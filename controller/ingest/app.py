@@ -122,7 +122,7 @@ class WebhookApp:
                 for task in self._tasks:
                     task.cancel()
                 await asyncio.gather(*self._tasks, return_exceptions=True)
-                await self.audit.flush()  # records kept while Redis was away
+                await self.audit.flush_on_stop()  # records kept while Redis was away
                 await self.redis.aclose()
                 await send({"type": "lifespan.shutdown.complete"})
                 return

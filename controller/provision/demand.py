@@ -274,9 +274,13 @@ class DemandStore:
             return []
         return [float(score) for _, score in reply]
 
-    async def reconnect(self) -> None:
-        """Drop every pooled connection (after Redis went away): the next call opens new
-        ones instead of reusing one the restart left half-open."""
+    async def reconnect(self, after: BaseException) -> None:
+        """Drop every pooled connection after Redis went away (a connection error or a
+        call that timed out): the next call opens new ones instead of reusing one the
+        restart left half-open. Any other failure (a script error, a bug) keeps the pool:
+        dropping it would cut the concurrent calls of other tasks for nothing."""
+        if not isinstance(after, aioredis.ConnectionError | aioredis.TimeoutError | OSError):
+            return  # TimeoutError (asyncio's, from a bounded call) is an OSError
         try:
             await self.redis.connection_pool.disconnect(inuse_connections=True)
         except Exception as error:  # closing a dead connection may fail too: never fatal

@@ -212,7 +212,7 @@ class Provisioner:
                 delay = retry_delay(failures)
                 log.warning("reading demand from Redis failed (%r); retry in %.1fs", error, delay)
                 # Every pooled connection may be one the restart left half-open: start over.
-                await self.demand_store.reconnect()
+                await self.demand_store.reconnect(error)
                 await asyncio.sleep(delay)
                 continue
             for item in applied:
