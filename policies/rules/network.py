@@ -388,33 +388,49 @@ def _empty_selector(selector: Any) -> bool:
     )
 
 
+# The labels the controller's pods carry: its Deployment's selector, and the hash the
+# Deployment controller adds (its value unknown here: any value may match).
+_CONTROLLER_POD_LABELS: dict[str, str | None] = {
+    CONTROLLER_LABEL[0]: CONTROLLER_LABEL[1],
+    "pod-template-hash": None,
+}
+
+
+def _may_hold(key: Any, values: list[Any]) -> bool:
+    """Whether the controller's pods may carry ``key`` with one of ``values``."""
+    if key not in _CONTROLLER_POD_LABELS:
+        return False
+    value = _CONTROLLER_POD_LABELS[key]
+    return value is None or value in values
+
+
 def _selects_controller(selector: Any) -> bool:
-    """Whether a pod selector can select the controller's pods: nothing it says of the
-    controller's label excludes them, and it names that label, or no other label."""
+    """Whether a pod selector can select the controller's pods: every requirement it makes
+    can hold of their labels (a label they do not carry satisfies only NotIn and
+    DoesNotExist)."""
     if not isinstance(selector, Mapping):
         return False
-    key, value = CONTROLLER_LABEL
     labels = selector.get("matchLabels") or {}
-    if not isinstance(labels, Mapping) or (key in labels and labels[key] != value):
+    if not isinstance(labels, Mapping) or not all(
+        _may_hold(key, [value]) for key, value in labels.items()
+    ):
         return False
-    names_controller = labels.get(key) == value
-    names_others = any(k != key for k in labels)
     for expression in as_list(selector.get("matchExpressions")):
         if not isinstance(expression, Mapping):
             continue
-        operator = expression.get("operator")
+        key, operator = expression.get("key"), expression.get("operator")
         values = as_list(expression.get("values"))
-        if expression.get("key") != key:
-            names_others = names_others or operator in ("In", "Exists")
-        elif (
-            (operator == "In" and value not in values)
-            or (operator == "NotIn" and value in values)
-            or operator == "DoesNotExist"
-        ):
+        carried = key in _CONTROLLER_POD_LABELS
+        fixed = _CONTROLLER_POD_LABELS.get(key) if carried else None
+        holds = {
+            "In": _may_hold(key, values),
+            "NotIn": not carried or fixed is None or fixed not in values,
+            "Exists": carried,
+            "DoesNotExist": not carried,
+        }.get(str(operator), True)  # an operator the API server refuses: assume it may
+        if not holds:
             return False
-        elif operator in ("In", "Exists"):
-            names_controller = True
-    return names_controller or not names_others
+    return True
 
 
 def _source_problems(peer: Any, vpc: list[Network]) -> list[str]:

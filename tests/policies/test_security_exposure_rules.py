@@ -473,6 +473,46 @@ def test_an_allow_all_policy_beside_the_controller_is_refused() -> None:
     assert check_stack(controller_only_behind_ingress, [(NETWORK_POLICY, "p", props)]) == []
 
 
+@pytest.mark.parametrize(
+    ("selector", "selects"),
+    [
+        # Every Deployment pod carries pod-template-hash: the controller's too.
+        ({"matchExpressions": [{"key": "pod-template-hash", "operator": "Exists"}]}, True),
+        ({"matchLabels": {"pod-template-hash": "5d9f"}}, True),
+        ({"matchExpressions": [{"key": "app", "operator": "DoesNotExist"}]}, True),
+        ({"matchLabels": {"app": "redis"}}, False),  # a label the controller does not carry
+        (
+            {
+                "matchExpressions": [
+                    {
+                        "key": "app.kubernetes.io/name",
+                        "operator": "NotIn",
+                        "values": ["runner-controller"],
+                    }
+                ]
+            },
+            False,
+        ),
+    ],
+)
+def test_a_policy_that_selects_the_controller_by_another_label_is_checked(
+    selector: dict[str, Any], selects: bool
+) -> None:
+    props = {
+        "metadata": {"name": "sneaky", "namespace": "runner-platform"},
+        "spec": {"podSelector": selector, "policyTypes": ["Ingress"], "ingress": [{}]},
+    }
+    found = check_stack(controller_only_behind_ingress, [(NETWORK_POLICY, "p", props)])
+    assert found == (
+        [
+            "NetworkPolicy runner-platform/sneaky ingress[0] admits the controller's port from "
+            "anywhere (no 'from'): any pod, runner pods included, could reach it"
+        ]
+        if selects
+        else []
+    )
+
+
 def test_an_alb_through_node_ports_is_refused() -> None:
     props = _ingress({"alb.ingress.kubernetes.io/target-type": "instance"}, [{"hosts": ["h"]}])
     assert check_stack(controller_only_behind_ingress, [(INGRESS, "i", props)]) == [
