@@ -176,14 +176,15 @@ def _validate_controller_placement(args: ResourceValidationArgs, report: ReportV
     if args.resource_type == NODE_POOL:
         labels = dig(args.props, "spec", "template", "metadata", "labels") or {}
         reserved = {k for k in labels if isinstance(k, str) and _in_platform_domain(k)}
-        # Karpenter labels its nodes from requirements too: a single-valued In, and
-        # (with a value it picks) Exists.
+        # Karpenter labels its nodes from requirements too: with a value from In, and with
+        # one it picks (or a pending pod's, intersected) for Exists, NotIn, Gt and Lt.
+        # Only DoesNotExist keeps the label off.
         for requirement in as_list(dig(args.props, "spec", "template", "spec", "requirements")):
             key = requirement.get("key") if isinstance(requirement, dict) else None
             if (
                 isinstance(key, str)
                 and _in_platform_domain(key)
-                and requirement.get("operator") in ("In", "Exists")
+                and requirement.get("operator") != "DoesNotExist"
             ):
                 reserved.add(key)
         if reserved:

@@ -545,6 +545,26 @@ def test_a_node_pool_that_labels_its_nodes_as_system_nodes_is_refused(
     ]
 
 
+@pytest.mark.parametrize("operator", ["In", "Exists", "NotIn", "Gt"])
+def test_a_node_pool_requirement_on_the_system_label_is_refused(
+    dev_spec: PlatformSpec, operator: str
+) -> None:
+    """Karpenter labels nodes from NotIn and Gt too: NotIn [false] meets a pod's In [true]."""
+    pool = node_pools.node_pool(dev_spec, dev_spec.pool("warm"))
+    values = {"In": ["true"], "NotIn": ["false"], "Gt": ["0"]}.get(operator)
+    requirement = {"key": "runner-platform.io/system", "operator": operator}
+    pool["spec"]["template"]["spec"]["requirements"].append(
+        {**requirement, **({"values": values} if values else {})}
+    )
+    assert check(controller_off_runner_nodes, NODE_POOL, "warm", pool) == [
+        "NodePool gives its nodes ['runner-platform.io/system']: the runner-platform.io/ labels "
+        "are the platform's (system nodes run the controller)"
+    ]
+    requirement["operator"] = "DoesNotExist"  # keeps the label off: fine
+    pool["spec"]["template"]["spec"]["requirements"][-1] = requirement
+    assert check(controller_off_runner_nodes, NODE_POOL, "warm", pool) == []
+
+
 # --- runner pod templates ----------------------------------------------------------------
 
 
