@@ -421,7 +421,7 @@ def _selects_controller(selector: Any) -> bool:
         key, operator = expression.get("key"), expression.get("operator")
         values = as_list(expression.get("values"))
         carried = key in _CONTROLLER_POD_LABELS
-        fixed = _CONTROLLER_POD_LABELS.get(key) if carried else None
+        fixed = _CONTROLLER_POD_LABELS.get(str(key))
         holds = {
             "In": _may_hold(key, values),
             "NotIn": not carried or fixed is None or fixed not in values,

@@ -16,7 +16,7 @@ needs the API (the container-hook modes) asks for the token itself.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Mapping
+from collections.abc import Collection, Iterator, Mapping
 from typing import Any
 
 from pulumi_policy import (
@@ -58,9 +58,11 @@ _TEMPLATE_PATHS: dict[str, tuple[str, ...]] = {
 
 
 def runner_pod_templates(
-    resource_type: str, props: Mapping[str, Any]
+    resource_type: str, props: Mapping[str, Any], team_namespaces: Collection[str] = ()
 ) -> Iterator[tuple[str, dict[str, Any]]]:
-    """``(where, template)`` for each pod template of a team the resource declares."""
+    """``(where, template)`` for each pod template of a team the resource declares: one
+    labelled with a team, or in a runner namespace (by its prefix, or one of
+    ``team_namespaces``, the namespaces the stack labels with a team)."""
     if resource_type == CONFIG_MAP:
         labels = dig(props, "metadata", "labels") or {}
         if labels.get(POD_TEMPLATES_LABEL) != "true":
@@ -86,8 +88,8 @@ def runner_pod_templates(
         **(dig(template, "metadata", "labels") or {}),
     }
     namespace = dig(props, "metadata", "namespace")
-    in_runner_namespace = isinstance(namespace, str) and namespace.startswith(
-        RUNNER_NAMESPACE_PREFIX
+    in_runner_namespace = isinstance(namespace, str) and (
+        namespace.startswith(RUNNER_NAMESPACE_PREFIX) or namespace in team_namespaces
     )
     if TEAM_LABEL in labels or in_runner_namespace:
         yield ".".join(path) or "spec", {**template, "metadata": {"labels": labels}}
@@ -177,7 +179,8 @@ def _privileged_pods(args: StackValidationArgs, report: ReportViolation) -> None
         # The team is the namespace's (the admission policy reads the same label), never a
         # label the workload gives itself.
         team = teams.get(str(dig(resource.props, "metadata", "namespace")))
-        for where, template in runner_pod_templates(resource.resource_type, resource.props):
+        found = runner_pod_templates(resource.resource_type, resource.props, teams)
+        for where, template in found:
             pod_spec = template.get("spec") or {}
             names = [str(c.get("name")) for c in _containers(pod_spec) if privileged(c)]
             if not names:

@@ -267,6 +267,41 @@ def test_a_host_port_in_a_runner_pod_is_refused(key: str) -> None:
     ]
 
 
+def test_a_workload_in_a_team_namespace_of_any_name_is_a_runner_pod(
+    dev_spec: PlatformSpec,
+) -> None:
+    """A namespace the stack labels with a team is a runner namespace whatever its name: an
+    unlabelled privileged workload there is judged like one in runners-web."""
+    namespace = {"metadata": {"name": "ci-web", "labels": {"runner-platform.io/team": "web"}}}
+    deployment = {
+        "metadata": {"name": "sneaky", "namespace": "ci-web"},
+        "spec": {
+            "template": {
+                "metadata": {},
+                "spec": {
+                    "nodeSelector": {"pool": "warm"},
+                    "containers": [
+                        {
+                            "name": "c",
+                            "image": "docker:dind",
+                            "securityContext": {"privileged": True},
+                        }
+                    ],
+                },
+            }
+        },
+    }
+    stack = [*pools_and_namespaces(dev_spec), (NAMESPACE, "ci-web", namespace)]
+    assert check_stack(
+        privileged_runner_on_shared_pool,
+        [*stack, ("kubernetes:apps/v1:Deployment", "d", deployment)],
+    ) == [
+        "kubernetes:apps/v1:Deployment d spec.template: privileged container(s) ['c'] on pool "
+        "'warm', which is not isolated for team 'web': privileged runners only run on an "
+        "isolated pool of their team"
+    ]
+
+
 def test_the_team_is_the_namespaces_not_the_workloads_own_label(dev_spec: PlatformSpec) -> None:
     """A pod of runners-web that labels itself team 'ml' does not get ml's isolated pool."""
     pod = runner_pod("web", "ml-isolated", privileged=True, tolerate="ml-isolated")
