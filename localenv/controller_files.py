@@ -22,7 +22,7 @@ ACCOUNT = "123456789012"
 
 def team_role_arns(spec: PlatformSpec) -> dict[str, str]:
     """Each team's ``github-runner-<team>-role`` in the local account."""
-    return {t.name: f"arn:aws:iam::{ACCOUNT}:role/github-runner-{t.name}-role" for t in spec.teams}
+    return {t.name: f"arn:aws:iam::{ACCOUNT}:role/{t.role_name}" for t in spec.teams}
 
 
 def install_apps(spec: PlatformSpec, emulators: Mapping[str, GitHubEmulator]) -> dict[str, str]:

@@ -145,11 +145,13 @@ def load_prices(path: Path = PRICES) -> PriceTable:
             numeric = isinstance(value, int | float) and not isinstance(value, bool)
             if (
                 not numeric
-                or not math.isfinite(value)
+                or not math.isfinite(value if isinstance(value, float) else 0)
                 or value < 0
                 or (kind is int and not isinstance(value, int))
             ):
                 raise StackObjectError(f"{where}.{field}: {value!r} is not a {kind.__name__} ≥ 0")
+            if value > 1e9:  # no instance has that many of anything, nor costs that much
+                raise StackObjectError(f"{where}.{field}: over 1e9, past any instance's figures")
             values[field] = value
         values.setdefault("spot", round(values["on_demand"] * factor, 5))
         types[name] = InstanceType(name=name, **values)

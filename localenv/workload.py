@@ -86,9 +86,13 @@ def _route(spec: PlatformSpec, team_name: str, repo: str, labels: list[str]) -> 
 def _number(where: str, value: Any, *, positive: bool) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise WorkloadError(f"{where}: a number of seconds, not {value!r}")
-    if not math.isfinite(value) or value < 0 or (positive and value == 0):
-        raise WorkloadError(f"{where}: must be {'> 0' if positive else '≥ 0'}, not {value}")
-    return float(value)
+    try:
+        seconds = float(value)
+    except OverflowError:  # an integer past any float: as endless as inf
+        seconds = math.inf
+    if not math.isfinite(seconds) or seconds < 0 or (positive and seconds == 0):
+        raise WorkloadError(f"{where}: must be {'> 0' if positive else '≥ 0'}, not {seconds}")
+    return seconds
 
 
 def parse(document: Any, spec: PlatformSpec, source: str) -> Workload:

@@ -163,6 +163,7 @@ def test_a_bad_workload_file_is_refused_naming_file_entry_and_field(tmp_path: Pa
         (lambda j: j.update(at=float("nan")), "jobs[0].at: must be ≥ 0, not nan"),
         (lambda j: j.update(duration=float("inf")), "jobs[0].duration: must be > 0, not inf"),
         (lambda j: j.update(every=float("nan")), "jobs[0].every: must be ≥ 0, not nan"),
+        (lambda j: j.update(at=10**400), "jobs[0].at: must be ≥ 0, not inf"),  # past any float
     ],
 )
 def test_workload_validation(change: Any, message: str) -> None:
@@ -258,6 +259,14 @@ def test_a_bad_price_table_names_its_entry(tmp_path: Path) -> None:
         "instance_types:\n  m7i.4xlarge: {vcpu: 16, memory_gib: 64, on_demand: .nan}\n"
     )
     with pytest.raises(stack_objects.StackObjectError, match="on_demand: nan is not a float"):
+        stack_objects.load_prices(table)
+    # Nor a number past any float (YAML reads it as an int: math.isfinite would overflow).
+    table.write_text(
+        f"instance_types:\n  m7i.4xlarge: {{vcpu: 1{'0' * 400}, memory_gib: 64, on_demand: 1}}\n"
+    )
+    with pytest.raises(
+        stack_objects.StackObjectError, match="vcpu: over 1e9, past any instance's figures"
+    ):
         stack_objects.load_prices(table)
 
 
