@@ -878,10 +878,22 @@ class Reconciler:
 _ENDPOINTS = {"runs": "workflow_runs", "jobs": "run_jobs"}  # cache key -> metric endpoint
 
 
+_DEFAULT_PORTS = {"https": 443, "http": 80}
+
+
 def _normal_url(url: str) -> str:
-    """A hook URL as compared: scheme and host lower-cased, no trailing '/', no query."""
+    """A hook URL as compared: scheme and host lower-cased, the scheme's default port
+    dropped, no trailing '/', no query. A URL that cannot be parsed compares as itself."""
     parts = urlsplit(url.strip())
-    return f"{parts.scheme.lower()}://{parts.netloc.lower()}{parts.path.rstrip('/')}"
+    scheme = parts.scheme.lower()
+    try:
+        port = parts.port
+    except ValueError:  # a port that is not a number: never ours
+        return url
+    netloc = parts.netloc.lower()
+    if port is not None and port == _DEFAULT_PORTS.get(scheme):
+        netloc = netloc.rsplit(":", 1)[0]
+    return f"{scheme}://{netloc}{parts.path.rstrip('/')}"
 
 
 def _items(body: Any, key: str) -> list[dict[str, Any]]:
