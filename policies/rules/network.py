@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from typing import Any
 
 from pulumi_policy import (
@@ -433,7 +433,10 @@ def _selects_controller(selector: Any) -> bool:
     return True
 
 
-def _source_problems(peer: Any, vpc: list[Network]) -> list[str]:
+NAMESPACE_NAME_LABEL = "kubernetes.io/metadata.name"
+
+
+def _source_problems(peer: Any, vpc: list[Network], teams: Collection[str]) -> list[str]:
     """Why one 'from' peer admits more than the load balancer."""
     if not isinstance(peer, Mapping):
         return []
@@ -443,6 +446,24 @@ def _source_problems(peer: Any, vpc: list[Network]) -> list[str]:
             "from every namespace (an empty namespaceSelector): any pod, runner pods "
             "included, could reach it"
         ]
+    if "namespaceSelector" in peer:
+        # Only the pods of one namespace named outright (the ingress controller's), and
+        # never a team's: any other selector may take in runner namespaces.
+        named = dig(namespaces, "matchLabels", NAMESPACE_NAME_LABEL)
+        exact = (
+            isinstance(namespaces, Mapping)
+            and set(namespaces) == {"matchLabels"}
+            and set(namespaces["matchLabels"]) == {NAMESPACE_NAME_LABEL}
+            and isinstance(named, str)
+        )
+        if not exact:
+            return [
+                f"from the namespaces {json.dumps(namespaces, sort_keys=True)} selects: only "
+                f"one namespace named by '{NAMESPACE_NAME_LABEL}' may reach it (another "
+                "selector may take in runner namespaces)"
+            ]
+        if named in teams or str(named).startswith(RUNNER_NAMESPACE_PREFIX):
+            return [f"from runner namespace '{named}': its runner pods could reach it"]
     if "namespaceSelector" not in peer and _empty_selector(peer.get("podSelector")):
         return [
             "from every pod of its namespace (an empty podSelector): any pod there could reach it"
@@ -462,7 +483,7 @@ def _source_problems(peer: Any, vpc: list[Network]) -> list[str]:
 
 
 def _validate_controller_policy(
-    resource: PolicyResource, vpc: list[Network], report: ReportViolation
+    resource: PolicyResource, vpc: list[Network], teams: Collection[str], report: ReportViolation
 ) -> None:
     selector = dig(resource.props, "spec", "podSelector")
     if _empty_selector(selector):
@@ -484,7 +505,7 @@ def _validate_controller_policy(
                 resource.urn,
             )
         for source, peer in enumerate(peers):
-            for problem in _source_problems(peer, vpc):
+            for problem in _source_problems(peer, vpc, teams):
                 report(
                     f"NetworkPolicy {namespace}/{name} ingress[{index}].from[{source}] admits "
                     f"{selected} {problem}",
@@ -498,9 +519,10 @@ def _validate_controller_path(args: StackValidationArgs, report: ReportViolation
         for text, what in _internal_blocks(args).items()
         if what == "the VPC" and (net := _network(text))
     ]
+    teams = runner_namespaces(args)
     for resource in args.resources:
         if resource.resource_type == NETWORK_POLICY:
-            _validate_controller_policy(resource, vpc, report)
+            _validate_controller_policy(resource, vpc, teams, report)
         if resource.resource_type != INGRESS:
             continue
         annotations = dig(resource.props, "metadata", "annotations") or {}

@@ -690,6 +690,23 @@ CONTROLLER_SELECTOR = {
             "from every pod of its namespace (an empty podSelector): any pod there could reach it",
         ),
         (
+            {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "runners-web"}}},
+            "from runner namespace 'runners-web': its runner pods could reach it",
+        ),
+        (
+            {"namespaceSelector": {"matchExpressions": [{"key": "x", "operator": "DoesNotExist"}]}},
+            'from the namespaces {"matchExpressions": [{"key": "x", "operator": '
+            '"DoesNotExist"}]} selects: only one namespace named by '
+            "'kubernetes.io/metadata.name' may reach it (another selector may take in runner "
+            "namespaces)",
+        ),
+        (
+            {"namespaceSelector": {"matchLabels": {"runner-platform.io/team": "web"}}},
+            'from the namespaces {"matchLabels": {"runner-platform.io/team": "web"}} selects: '
+            "only one namespace named by 'kubernetes.io/metadata.name' may reach it (another "
+            "selector may take in runner namespaces)",
+        ),
+        (
             {"ipBlock": {"cidr": "0.0.0.0/0"}},
             "from 0.0.0.0/0, which is not inside the VPC ['10.40.0.0/16']: only the load "
             "balancer's addresses in the VPC may reach it",
@@ -714,6 +731,24 @@ def test_a_controller_source_wider_than_the_load_balancer_is_refused(
     other = copy.deepcopy(extra)
     other[2]["spec"]["podSelector"]["matchExpressions"][0]["operator"] = "NotIn"
     assert check_stack(controller_only_behind_ingress, [*stack_of(dev_spec), other]) == []
+
+
+def test_a_team_namespace_of_any_name_may_not_reach_the_controller(dev_spec: PlatformSpec) -> None:
+    namespace = {"metadata": {"name": "ci-web", "labels": {"runner-platform.io/team": "web"}}}
+    source = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "ci-web"}}}
+    extra = _extra_policy(
+        "runner-platform",
+        "extra",
+        {"podSelector": CONTROLLER_SELECTOR, "ingress": [{"from": [source]}]},
+    )
+    stack = [*stack_of(dev_spec), extra]
+    assert check_stack(controller_only_behind_ingress, stack) == []  # not declared a team's
+    assert check_stack(
+        controller_only_behind_ingress, [*stack, ("kubernetes:core/v1:Namespace", "ci", namespace)]
+    ) == [
+        "NetworkPolicy runner-platform/extra ingress[0].from[0] admits the controller's port "
+        "from runner namespace 'ci-web': its runner pods could reach it"
+    ]
 
 
 def test_a_controller_reached_from_anywhere_by_expression_is_refused(
